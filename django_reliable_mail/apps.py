@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class ReliableMailConfig(AppConfig):
+    name = "django_reliable_mail"
+    verbose_name = "Reliable mail"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.core import checks
+
+        from .checks import check_settings
+
+        checks.register(check_settings, "reliable_mail")

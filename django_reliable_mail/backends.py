@@ -1,0 +1,76 @@
+"""``EmailBackend``: validate, persist, then send inline or wake the worker.
+
+Works as ``EMAIL_BACKEND = "django_reliable_mail.backends.EmailBackend"`` and as a Django
+6.1 ``MAILERS`` entry, whose OPTIONS are ``provider`` plus any provider key in lower case
+(``{"provider": "strato", "disable_extensions": ["REQUIRETLS"]}``) and Django's SMTP
+option names ``host``, ``port``, ``username``, ``password``, ``use_tls``, ``use_ssl``,
+``timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import django
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+from django.db import transaction
+
+from . import delivery, tasks
+from .conf import DJANGO_OPTION_ALIASES, PROVIDER_DEFAULTS, config_with_options
+from .exceptions import ReliableMailConfigError
+
+logger = logging.getLogger(__name__)
+_NOT_GIVEN: Any = object()
+_OPTION_NAMES = {k.lower() for k in PROVIDER_DEFAULTS} | DJANGO_OPTION_ALIASES
+
+
+class EmailBackend(BaseEmailBackend):
+    def __init__(
+        self,
+        fail_silently: bool = _NOT_GIVEN,
+        *,
+        alias: str | None = None,
+        provider: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
+        if django.VERSION >= (6, 1):
+            # Django reports unknown OPTIONS itself (InvalidMailer, prefixed with the alias).
+            if fail_silently is not _NOT_GIVEN:
+                kwargs["fail_silently"] = fail_silently
+            super().__init__(alias=alias, **kwargs)
+        else:
+            kwargs.pop("_ignore_unknown_kwargs", None)
+            if kwargs:
+                raise ReliableMailConfigError(
+                    "EmailBackend got unknown option(s) "
+                    + ", ".join(map(repr, kwargs))
+                    + "; options are 'provider' and the provider keys in lower case."
+                )
+            super().__init__(fail_silently=fail_silently is True)
+        self.fail_silently = fail_silently is True
+        # Built now, so a bad setting fails here with a clear message, not at send time.
+        self.config, self.provider = config_with_options(provider, options, alias=alias)
+        self._provider_given = provider is not None or bool(options)
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        """Store every message, then deliver after commit. Returns how many were accepted."""
+        if not email_messages:
+            return 0
+        rows = delivery.validate_and_enqueue(
+            list(email_messages),
+            config=self.config,
+            provider=self.provider if self._provider_given else None,
+            fail_silently=self.fail_silently,
+        )
+        ids = [row.pk for row in rows]
+        if ids:
+            if self.config.mode == "immediate":
+                config = self.config
+                transaction.on_commit(lambda: delivery.deliver_messages(ids, config=config))
+            else:
+                transaction.on_commit(lambda: tasks.wake(ids))
+        return len(rows)

@@ -1,0 +1,83 @@
+"""A redacted record of one SMTP dialogue.
+
+Each line is ``[+0.012s] C: EHLO host`` (client), ``S:`` (server) or ``*:`` (a connection
+event such as TLS). AUTH payloads and the 334 challenges are replaced by ``[redacted]``;
+the message body is one summary line (size, sha256). Every stored string also passes
+through :meth:`Transcript.scrub`, which removes any known secret, as a last line of defence
+against a server that echoes what it was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+DEFAULT_MAX_CHARS = 64 * 1024
+
+
+class Transcript:
+    def __init__(self, *, max_chars: int = DEFAULT_MAX_CHARS, enabled: bool = True) -> None:
+        self._start = time.monotonic()
+        self._lines: list[str] = []
+        self._chars = 0
+        self._dropped = 0
+        self._secrets: set[str] = set()
+        self.max_chars = max_chars
+        self.enabled = enabled
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    def add_secrets(self, secrets: Iterable[str | bytes | None]) -> None:
+        """Register values that must never appear in any stored text."""
+        for secret in secrets:
+            if isinstance(secret, bytes):
+                secret = secret.decode("utf-8", "replace")
+            if secret and len(secret) >= 3:
+                self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    # -- recording -------------------------------------------------------------------------
+
+    def _add(self, direction: str, text: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[+{time.monotonic() - self._start:.3f}s] {direction}: {self.scrub(text)}"
+        if self._chars + len(line) > self.max_chars:
+            self._dropped += 1
+            return
+        self._lines.append(line)
+        self._chars += len(line) + 1
+
+    def client(self, text: str) -> None:
+        self._add("C", text)
+
+    def server(self, code: int, message: str) -> None:
+        lines = message.split("\n") if message else [""]
+        for index, line in enumerate(lines):
+            separator = " " if index == len(lines) - 1 else "-"
+            self._add("S", f"{code}{separator}{line}".rstrip())
+
+    def event(self, text: str) -> None:
+        self._add("*", text)
+
+    def body(self, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        self.client(f"[message body: {len(data)} bytes, sha256 {digest}]")
+        self.client(".")
+
+    def render(self) -> str:
+        text = "\n".join(self._lines)
+        if self._dropped:
+            text += f"\n[transcript truncated: {self._dropped} more lines not stored]"
+        return text
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self._lines)
