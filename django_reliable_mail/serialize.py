@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.policy
 from dataclasses import dataclass
-from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Any
 
@@ -12,6 +11,7 @@ import django
 from django.core.mail import EmailMessage
 
 from .exceptions import InvalidMessageError
+from .smtp.transport import wire_format
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,7 @@ def serialize(message: EmailMessage) -> SerializedMessage:
     return SerializedMessage(
         from_email=from_email,
         recipients=envelope_recipients,
-        data=data,
+        data=wire_format(data),
         subject=str(message.subject or "")[:998],
         message_id=str(mime.get("Message-ID", "") or "")[:998],
     )
-
-
-__all__ = ["Address", "SerializedMessage", "envelope_address", "serialize"]

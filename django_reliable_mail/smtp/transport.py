@@ -220,9 +220,13 @@ def _needs_smtputf8(envelope: Envelope) -> bool:
     return not envelope.sender.isascii() or any(not r.isascii() for r in envelope.recipients)
 
 
+def wire_format(data: bytes) -> bytes:
+    """CRLF line endings and a final CRLF: the bytes exactly as DATA carries them."""
+    return normalize_message_line_endings(data)
+
+
 def _dot_stuffed(data: bytes) -> bytes:
-    data = normalize_message_line_endings(data)
-    return _DOT_AT_LINE_START.sub(b"..", data) + b".\r\n"
+    return _DOT_AT_LINE_START.sub(b"..", wire_format(data)) + b".\r\n"
 
 
 class SMTPSession:
