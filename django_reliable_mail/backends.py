@@ -37,6 +37,9 @@ class EmailBackend(BaseEmailBackend):
         **kwargs: Any,
     ) -> None:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
+        # send_mail() passes username=None, password=None when its auth_user/auth_password
+        # are not given: None means "not set here", never "no credentials".
+        options = {k: v for k, v in options.items() if v is not None}
         if django.VERSION >= (6, 1):
             # Django reports unknown OPTIONS itself (InvalidMailer, prefixed with the alias).
             if fail_silently is not _NOT_GIVEN:

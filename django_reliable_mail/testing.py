@@ -18,12 +18,16 @@ import secrets
 import socket
 import ssl
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+# aiosmtpd's own AUTH code trips over a property it deprecated itself; not our concern.
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 #: MAIL/RCPT parameters aiosmtpd does not know but that we honour when advertised.
 _EXTRA_MAIL_PARAMS = {"REQUIRETLS": "REQUIRETLS", "RET": "DSN", "ENVID": "DSN"}

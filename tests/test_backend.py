@@ -75,6 +75,21 @@ def test_send_stores_message_attempt_and_transcript(
     assert row.recipient_statuses.get().state == RecipientStatus.State.ACCEPTED
 
 
+def test_send_mail_keeps_the_configured_credentials(
+    smtp_server, tls, django_capture_on_commit_callbacks
+):
+    # send_mail() hands the backend username=None, password=None: those must not erase them.
+    server = smtp_server(tls="starttls", users={"app": PASSWORD})
+    config = reliable_mail(main=provider_for(server, tls[1], USERNAME="app", PASSWORD=PASSWORD))
+    with override_settings(
+        RELIABLE_MAIL=config, EMAIL_BACKEND="django_reliable_mail.backends.EmailBackend"
+    ):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert mail.send_mail("s", "b", "app@example.com", ["user@example.com"]) == 1
+    assert server.messages[0].login == "app"
+    assert DeliveryAttempt.objects.get().auth_mechanism
+
+
 def test_mime_bytes_are_exactly_what_is_sent(smtp_server, django_capture_on_commit_callbacks):
     server = smtp_server()
     with override_settings(RELIABLE_MAIL=reliable_mail(main=provider_for(server))):
