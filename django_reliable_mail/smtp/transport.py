@@ -158,6 +158,12 @@ class RecordingSMTP(aiosmtplib.SMTP):
         super().__init__(*args, **kwargs)
         self.transcript = transcript
         self._auth_exchange = False
+        #: Set once the socket is really gone, so callers can wait for TLS teardown.
+        self.connection_gone = asyncio.Event()
+
+    def _on_connection_lost(self, protocol: Any) -> None:
+        self.connection_gone.set()
+        super()._on_connection_lost(protocol)
 
     async def execute_command(self, *args: bytes, timeout: Any = aiosmtplib.smtp.Default.token):
         verb = args[0].upper() if args else b""
@@ -755,6 +761,14 @@ class SMTPSession:
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 pass
         self._close()
+
+        # Let the transport finish closing (a TLS shutdown takes a loop turn or two) before
+        # the event loop goes away, or the socket is left for the garbage collector.
+        if self.smtp is not None and self.peer_address:
+            try:
+                await asyncio.wait_for(self.smtp.connection_gone.wait(), timeout=1)
+            except TimeoutError:
+                pass
 
     def _close(self) -> None:
         if self.smtp is not None:
