@@ -68,6 +68,8 @@ def parse_ehlo(message: str) -> dict[str, str]:
         if keyword.startswith("AUTH="):
             params = (keyword[5:] + " " + params).strip()
             keyword = "AUTH"
+        if keyword == "AUTH":
+            # Both forms may appear; the mechanisms are the union, first mention first.
             existing = extensions.get("AUTH", "")
             params = " ".join(dict.fromkeys((existing + " " + params).upper().split()))
         extensions[keyword] = params.strip()
