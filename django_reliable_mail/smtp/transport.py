@@ -298,12 +298,7 @@ class SMTPSession:
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             cause = exc.__cause__
             if isinstance(cause, ssl.SSLCertVerificationError):
-                t.event(f"TLS certificate verification failed: {cause.verify_message}")
-                raise SMTPFailure(
-                    f"TLS certificate of {s.host} could not be verified: {cause.verify_message}",
-                    outcome=Outcome.CONFIG_ERROR,
-                    provider_level=True,
-                ) from exc
+                raise self._certificate_failure(cause) from exc
             t.event(f"connection failed: {exc}")
             raise SMTPFailure(
                 f"could not connect to {s.host}:{s.port}: {exc}",
@@ -367,13 +362,7 @@ class SMTPSession:
         try:
             await self.smtp.starttls(tls_context=tls_context, server_hostname=self.settings.host)
         except ssl.SSLCertVerificationError as exc:
-            self.transcript.event(f"TLS certificate verification failed: {exc.verify_message}")
-            raise SMTPFailure(
-                f"TLS certificate of {self.settings.host} could not be verified: "
-                f"{exc.verify_message}",
-                outcome=Outcome.CONFIG_ERROR,
-                provider_level=True,
-            ) from exc
+            raise self._certificate_failure(exc) from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise SMTPFailure(
                 f"STARTTLS refused: {exc.code} {exc.message}",
@@ -391,6 +380,16 @@ class SMTPSession:
         self._note_tls()
         # RFC 3207 §4.2: forget the pre-TLS capabilities and ask again.
         await self._ehlo()
+
+    def _certificate_failure(self, error: ssl.SSLCertVerificationError) -> SMTPFailure:
+        # A certificate problem is not fixed by retrying the message: it waits, provider-wide.
+        self.transcript.event(f"TLS certificate verification failed: {error.verify_message}")
+        return SMTPFailure(
+            f"TLS certificate of {self.settings.host} could not be verified: "
+            f"{error.verify_message}",
+            outcome=Outcome.CONFIG_ERROR,
+            provider_level=True,
+        )
 
     def _note_tls(self) -> None:
         assert self.smtp is not None and self.smtp.transport is not None
