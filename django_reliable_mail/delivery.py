@@ -7,20 +7,20 @@ claiming and recording are two short transactions around the network work.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from collections.abc import Coroutine, Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from django.core.mail import EmailMessage
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import signals
+from . import signals, throttle
+from .bridge import SyncBridge
 from .conf import Config, ProviderConfig, get_config
 from .exceptions import InvalidMessageError
 from .models import DeliveryAttempt, OutboundMessage, RecipientStatus
@@ -28,10 +28,10 @@ from .options import DeliveryOptions, options_of
 from .retry import retry_delay, should_give_up
 from .serialize import SerializedMessage, serialize
 from .smtp.classify import Outcome
-from .smtp.transport import AttemptResult, Envelope, deliver
+from .smtp.pool import BatchOutcome, Job, send_batch
+from .smtp.transport import AttemptResult, Envelope
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 Status = OutboundMessage.Status
 State = RecipientStatus.State
@@ -110,54 +110,85 @@ def _dsn_options(options: DeliveryOptions) -> dict[str, Any]:
 # -- claim ------------------------------------------------
 
 
-def claim(
-    message_id: int, *, config: Config, now: datetime | None = None
-) -> OutboundMessage | None:
-    """Move one due message to ``sending`` with a lease; None if someone else has it.
+def due_messages(*, now: datetime, provider: str | None = None, ids: Iterable[int] | None = None):
+    """Messages that may be sent now: queued or retrying, due, provider not paused."""
+    due = OutboundMessage.objects.filter(status__in=(Status.QUEUED, Status.RETRYING)).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
+    if ids is not None:
+        due = due.filter(pk__in=list(ids))
+    if provider is not None:
+        due = due.filter(provider=provider)
+    paused = throttle.degraded_providers(now)
+    if paused:
+        due = due.exclude(provider__in=list(paused))
+    return due
 
-    A compare-and-set UPDATE: exactly one caller wins, on every database.
+
+def claim(
+    *,
+    config: Config,
+    provider: str | None = None,
+    ids: Iterable[int] | None = None,
+    limit: int = 100,
+    now: datetime | None = None,
+) -> list[OutboundMessage]:
+    """Move up to ``limit`` due messages to ``sending`` with a lease, in one short transaction.
+
+    PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint rows
+    without waiting. Elsewhere (SQLite): a conditional UPDATE (compare-and-set on the status)
+    that only one writer can win per row. Either way the claim is marked with a token and
+    read back by it, so a worker only ever sees the rows it won.
     """
     now = now or timezone.now()
+    token = uuid.uuid4().hex
     lease = now + timedelta(seconds=config.lease_seconds)
-    won = (
-        OutboundMessage.objects.filter(pk=message_id, status__in=(Status.QUEUED, Status.RETRYING))
-        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-        .update(status=Status.SENDING, lease_expires_at=lease, updated_at=now)
+    due = due_messages(now=now, provider=provider, ids=ids).order_by(
+        "-priority", "next_attempt_at", "id"
     )
-    if not won:
-        return None
-    return OutboundMessage.objects.get(pk=message_id)
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        picked = list(due.values_list("pk", flat=True)[:limit])
+        if not picked:
+            return []
+        OutboundMessage.objects.filter(
+            pk__in=picked, status__in=(Status.QUEUED, Status.RETRYING)
+        ).update(
+            status=Status.SENDING,
+            lease_expires_at=lease,
+            claim_token=token,
+            body_started_at=None,
+            updated_at=now,
+        )
+    return list(
+        OutboundMessage.objects.filter(claim_token=token, status=Status.SENDING)
+        .order_by("-priority", "next_attempt_at", "id")
+        .prefetch_related("recipient_statuses")
+    )
+
+
+def release(messages: Iterable[OutboundMessage], *, until: datetime, reason: str = "") -> int:
+    """Give claimed messages back untried (no attempt is counted)."""
+    released = 0
+    for message in messages:
+        released += OutboundMessage.objects.filter(
+            pk=message.pk, status=Status.SENDING, claim_token=message.claim_token
+        ).update(
+            status=Status.RETRYING if message.attempt_count else Status.QUEUED,
+            next_attempt_at=until,
+            lease_expires_at=None,
+            claim_token="",
+            last_error=reason or message.last_error,
+        )
+    return released
 
 
 # -- send ------------------------------------------------
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from sync code, even if this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="reliable-mail-send")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 def envelope_for(message: OutboundMessage) -> Envelope:
-    open_addresses = list(
-        message.recipient_statuses.filter(state__in=OPEN_STATES).values_list("address", flat=True)
-    )
+    open_addresses = [s.address for s in message.recipient_statuses.all() if s.state in OPEN_STATES]
     options = message.options or {}
     return Envelope(
         sender=message.from_email,
@@ -170,32 +201,182 @@ def envelope_for(message: OutboundMessage) -> Envelope:
     )
 
 
-def deliver_message(message_id: int, *, config: Config | None = None) -> DeliveryAttempt | None:
-    """Claim, send and record one message. Returns the attempt, or None if not claimed."""
+def _mark_body_started(message_id: int) -> None:
+    OutboundMessage.objects.filter(pk=message_id).update(body_started_at=timezone.now())
+
+
+@dataclass
+class RunSummary:
+    claimed: int = 0
+    attempts: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    held: int = 0
+    released: int = 0
+    recovered: int = 0
+    connections: int = 0
+
+    def add(self, other: RunSummary) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def deliver_due(
+    *,
+    config: Config | None = None,
+    provider: str | None = None,
+    ids: Iterable[int] | None = None,
+    limit: int = 100,
+) -> RunSummary:
+    """Claim due messages, send them per provider over reused connections, record."""
     config = config or get_config()
-    message = claim(message_id, config=config)
-    if message is None:
-        return None
-    provider = config.provider(message.provider)
-    envelope = envelope_for(message)
+    summary = RunSummary()
+    messages = claim(config=config, provider=provider, ids=ids, limit=limit)
+    summary.claimed = len(messages)
+    by_provider: dict[str, list[OutboundMessage]] = {}
+    for message in messages:
+        by_provider.setdefault(message.provider, []).append(message)
+    for name, group in by_provider.items():
+        summary.add(_deliver_group(name, group, config=config))
+    return summary
+
+
+def _deliver_group(name: str, messages: list[OutboundMessage], *, config: Config) -> RunSummary:
+    summary = RunSummary()
+    provider = config.provider(name)
     server = provider.server_settings(
         transcript_max_chars=config.transcript_max_chars,
         record=config.transcripts != "never",
     )
-    result = run_sync(deliver(server, envelope))
-    return record(message, result, provider=provider, config=config)
+
+    async def run(bridge: SyncBridge) -> BatchOutcome:
+        def marker(message_id: int):
+            return lambda: bridge.call(_mark_body_started, message_id)
+
+        jobs = [Job(m, envelope_for(m), marker(m.pk)) for m in messages]
+        reserve = None
+        if provider.rate_limit is not None:
+            limit = provider.rate_limit
+
+            async def reserve() -> float:
+                return await bridge.call(throttle.reserve_slot, name, limit)
+
+        return await send_batch(
+            server,
+            jobs,
+            max_connections=provider.max_connections,
+            max_messages_per_connection=provider.max_messages_per_connection,
+            reserve_slot=reserve,
+        )
+
+    batch = SyncBridge().run(run)
+    summary.connections = batch.connections
+    provider_failure = None
+    for job, result in batch.results:
+        message = job.key
+        record(message, result, provider=provider, config=config)
+        summary.attempts += 1
+        _count(summary, message.status)
+        if result.provider_level:
+            provider_failure = result
+    untouched = [job.key for job in batch.untouched]
+    if provider_failure is not None:
+        until = throttle.mark_degraded(
+            name, provider_failure.error, hint_seconds=provider_failure.retry_after_seconds
+        )
+        summary.released = release(untouched, until=until, reason=provider_failure.error)
+    else:
+        if any(r.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL) for _, r in batch.results):
+            throttle.mark_healthy(name)
+        summary.released = release(untouched, until=timezone.now())
+    return summary
 
 
-def deliver_messages(
-    message_ids: Iterable[int], *, config: Config | None = None
-) -> list[DeliveryAttempt]:
+def _count(summary: RunSummary, status: str) -> None:
+    field = {
+        Status.SENT: "sent",
+        Status.RETRYING: "retrying",
+        Status.FAILED: "failed",
+        Status.HELD: "held",
+    }.get(status)
+    if field:
+        setattr(summary, field, getattr(summary, field) + 1)
+
+
+def deliver_message(message_id: int, *, config: Config | None = None) -> DeliveryAttempt | None:
+    """Claim, send and record one message. Returns its new attempt, or None if not claimed."""
+    summary = deliver_due(config=config, ids=[message_id], limit=1)
+    if not summary.attempts:
+        return None
+    return DeliveryAttempt.objects.filter(message_id=message_id).order_by("-number").first()
+
+
+def deliver_messages(message_ids: Iterable[int], *, config: Config | None = None) -> RunSummary:
+    ids = list(message_ids)
+    return deliver_due(config=config, ids=ids, limit=max(len(ids), 1))
+
+
+# -- recovery ------------------------------------------------
+
+
+def recover_expired_leases(*, config: Config | None = None, now: datetime | None = None) -> int:
+    """Return messages whose worker vanished (lease expired) to the queue.
+
+    If the body had started (``body_started_at``), the server may have the message: an
+    ``unknown`` attempt is recorded and the UNKNOWN_OUTCOME policy applies (retry, flagged
+    as a possible duplicate; or hold for an operator). Otherwise it is simply due again.
+    """
     config = config or get_config()
-    attempts = []
-    for message_id in message_ids:
-        attempt = deliver_message(message_id, config=config)
-        if attempt is not None:
-            attempts.append(attempt)
-    return attempts
+    now = now or timezone.now()
+    recovered = 0
+    expired = OutboundMessage.objects.filter(status=Status.SENDING, lease_expires_at__lt=now)
+    for message in expired.order_by("lease_expires_at")[:1000]:
+        with transaction.atomic():
+            won = OutboundMessage.objects.filter(
+                pk=message.pk, status=Status.SENDING, claim_token=message.claim_token
+            ).update(claim_token="", lease_expires_at=None)
+            if not won:
+                continue
+            recovered += 1
+            if message.body_started_at is None:
+                OutboundMessage.objects.filter(pk=message.pk).update(
+                    status=Status.RETRYING if message.attempt_count else Status.QUEUED,
+                    next_attempt_at=now,
+                )
+                continue
+            _record_lost_worker(message, config=config, now=now)
+    return recovered
+
+
+def _record_lost_worker(message: OutboundMessage, *, config: Config, now: datetime) -> None:
+    number = message.attempts.count() + 1
+    error = (
+        "the worker stopped after the body was sent and before the reply was stored: "
+        "the server may have the message"
+    )
+    attempt = DeliveryAttempt.objects.create(
+        message=message,
+        number=number,
+        provider=message.provider,
+        started_at=message.body_started_at,
+        finished_at=now,
+        outcome=Outcome.UNKNOWN,
+        error=error,
+        possible_duplicate=True,
+    )
+    message.recipient_statuses.filter(state__in=OPEN_STATES).update(
+        state=State.UNKNOWN, attempt=attempt, reply_text=error
+    )
+    hold = config.unknown_outcome == "hold"
+    OutboundMessage.objects.filter(pk=message.pk).update(
+        status=Status.HELD if hold else Status.RETRYING,
+        attempt_count=F("attempt_count") + 1,
+        next_attempt_at=None if hold else now,
+        body_started_at=None,
+        last_error=("held for an operator: " if hold else "") + error,
+    )
+    signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
 
 
 # -- record ------------------------------------------------
@@ -224,7 +405,13 @@ def record(
         config.transcripts == "failures" and result.outcome != Outcome.ACCEPTED
     )
     with transaction.atomic():
-        earlier_unknown = message.attempts.filter(outcome=Outcome.UNKNOWN).exists()
+        status_now, token_now = (
+            OutboundMessage.objects.filter(pk=message.pk).values_list("status", "claim_token").get()
+        )
+        # A worker slower than its lease: the message was recovered and claimed again.
+        # The attempt happened and is stored, but the message now belongs to the new claim.
+        overtaken = status_now == Status.SENDING and token_now != message.claim_token
+        earlier_unknown = overtaken or message.attempts.filter(outcome=Outcome.UNKNOWN).exists()
         number = (message.attempts.count() or 0) + 1
         attempt = DeliveryAttempt.objects.create(
             message=message,
@@ -270,7 +457,8 @@ def record(
             changed, ["state", "reply_code", "reply_enhanced_code", "reply_text", "attempt"]
         )
         states = [s.state for s in statuses.values()]
-        _advance(message, attempt, result, states, provider=provider, config=config, now=now)
+        if not overtaken:
+            _advance(message, attempt, result, states, provider=provider, config=config, now=now)
     _log(message, attempt)
     signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
     if message.status == Status.SENT:
@@ -296,6 +484,8 @@ def _advance(
     if not result.provider_level:
         message.attempt_count = F("attempt_count") + 1
     message.lease_expires_at = None
+    message.claim_token = ""
+    message.body_started_at = None
     message.last_error = result.error
     counted = message.attempts.filter(provider_level=False).count()
     if not open_left:
@@ -333,6 +523,8 @@ def _advance(
             "status",
             "attempt_count",
             "lease_expires_at",
+            "claim_token",
+            "body_started_at",
             "last_error",
             "sent_at",
             "next_attempt_at",

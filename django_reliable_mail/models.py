@@ -42,6 +42,11 @@ class OutboundMessage(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    #: Which claim holds the lease (set and read back in one short transaction).
+    claim_token = models.CharField(max_length=32, blank=True, db_index=True)
+    #: Set (and committed) just before the body is written: a lease that expires with this
+    #: set means the server may have the message.
+    body_started_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
 
@@ -153,6 +158,24 @@ class RecipientStatus(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address}: {self.state}"
+
+
+class ProviderState(models.Model):
+    """Shared across workers and hosts: a provider's health and its rate-limit clock."""
+
+    name = models.CharField(max_length=100, unique=True)
+    degraded_until = models.DateTimeField(null=True, blank=True)
+    degraded_reason = models.TextField(blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    #: GCRA "theoretical arrival time": the earliest moment the next message may start.
+    next_send_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class FailedMessage(OutboundMessage):

@@ -249,6 +249,8 @@ class SMTPSession:
         self.peer_address = ""
         self.auth_mechanism = ""
         self.messages_sent = 0
+        self.transactions = 0
+        self._before_body: Callable[[], Awaitable[None]] | None = None
         # True between writing a body and reading its final reply: a connection lost then
         # leaves the message's fate unknown.
         self._awaiting_final_reply = False
@@ -264,6 +266,15 @@ class SMTPSession:
     @property
     def is_open(self) -> bool:
         return self.smtp is not None and self.smtp.is_connected
+
+    def can_take(self, max_messages: int) -> bool:
+        """Whether another message may use this connection (ours and RFC 9422 MAILMAX)."""
+        mail_max = self.capabilities.mail_max
+        return (
+            self.is_open
+            and self.messages_sent < max_messages
+            and (mail_max is None or self.transactions < mail_max)
+        )
 
     # -- connection set-up ---------------------------------------------------------------
 
@@ -511,8 +522,15 @@ class SMTPSession:
             extensions_used=self.capabilities.effective_lines(),
         )
 
-    async def send(self, envelope: Envelope) -> AttemptResult:
-        """Send one message over the open connection; never raises for SMTP outcomes."""
+    async def send(
+        self, envelope: Envelope, *, before_body: Callable[[], Awaitable[None]] | None = None
+    ) -> AttemptResult:
+        """Send one message over the open connection; never raises for SMTP outcomes.
+
+        ``before_body`` is awaited after the server's 354 and before the body is written:
+        the last moment at which the message is certainly not delivered.
+        """
+        self._before_body = before_body
         result = self._new_result(envelope)
         if self.messages_sent:
             self.transcript = self._new_transcript()
@@ -647,6 +665,7 @@ class SMTPSession:
         encoding = "utf-8" if "SMTPUTF8" in mail_params else "ascii"
         for address in recipients:
             result.recipients[address] = RecipientResult(address, "pending")
+        self.transactions += 1
 
         mail = await self.smtp.execute_command(
             b"MAIL",
@@ -679,6 +698,8 @@ class SMTPSession:
         if start.code != 354:
             self._fail_all(accepted, result, Reply(start.code, start.message), "data", rules)
             return
+        if self._before_body is not None:
+            await self._before_body()
         final = await self._send_body(envelope.data, result)
         reply = Reply(final.code, final.message)
         result.reply_code, result.reply_text = final.code, final.message
@@ -774,30 +795,35 @@ class SMTPSession:
             self.smtp.close()
 
 
+def failure_result(session: SMTPSession, envelope: Envelope, failure: SMTPFailure) -> AttemptResult:
+    """The attempt record of a message whose connection could not be set up."""
+    result = session._new_result(envelope)
+    result.outcome = failure.outcome
+    result.provider_level = failure.provider_level
+    result.error = session.transcript.scrub(str(failure))
+    if failure.reply is not None:
+        result.reply_code, result.reply_text = failure.reply.code, failure.reply.text
+    for address in dict.fromkeys(envelope.recipients):
+        result.recipients[address] = RecipientResult(
+            address,
+            "deferred",
+            failure.reply.code if failure.reply else None,
+            result.error,
+            "connect",
+        )
+    result.finished_at = time.time()
+    result.transcript = session.transcript.render()
+    return result
+
+
 async def deliver(settings: ServerSettings, envelope: Envelope) -> AttemptResult:
     """Open a connection, send one message, close. Never raises for SMTP outcomes."""
     session = SMTPSession(settings)
     try:
         await session.open()
     except SMTPFailure as failure:
-        result = session._new_result(envelope)
-        result.outcome = failure.outcome
-        result.provider_level = failure.provider_level
-        result.error = session.transcript.scrub(str(failure))
-        if failure.reply is not None:
-            result.reply_code, result.reply_text = failure.reply.code, failure.reply.text
-        for address in dict.fromkeys(envelope.recipients):
-            result.recipients[address] = RecipientResult(
-                address,
-                "deferred",
-                failure.reply.code if failure.reply else None,
-                result.error,
-                "connect",
-            )
         await session.close()
-        result.finished_at = time.time()
-        result.transcript = session.transcript.render()
-        return result
+        return failure_result(session, envelope, failure)
     try:
         result = await session.send(envelope)
     finally:

@@ -1,0 +1,64 @@
+"""Run async SMTP work while the calling thread keeps doing the database work.
+
+Django's ORM is synchronous and tied to its thread's connection (and transaction). The
+coroutine runs in a helper thread with its own event loop; whenever it needs the database
+it asks through :meth:`SyncBridge.call`, and the calling thread runs that function itself.
+So every query happens on the caller's connection, inside the caller's transaction, and no
+connection is left behind in a stray thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class SyncBridge:
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``function`` in the thread that called :meth:`run`; await its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._requests.put((function, args, kwargs, loop, future))
+        return await future
+
+    def run(self, make_coroutine: Callable[[SyncBridge], Coroutine[Any, Any, T]]) -> T:
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = asyncio.run(make_coroutine(self))
+            except BaseException as exc:  # handed back to the calling thread
+                box["error"] = exc
+            finally:
+                self._requests.put(None)
+
+        thread = threading.Thread(target=target, name="reliable-mail-smtp", daemon=True)
+        thread.start()
+        while (request := self._requests.get()) is not None:
+            function, args, kwargs, loop, future = request
+            try:
+                value, error = function(*args, **kwargs), None
+            except Exception as exc:
+                value, error = None, exc
+            loop.call_soon_threadsafe(_settle, future, value, error)
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]

@@ -1,0 +1,94 @@
+"""Send a batch of messages for one provider over a few reused connections.
+
+Up to ``max_connections`` sessions run side by side (asyncio); each takes the next message,
+sends it (RSET between messages), and reconnects after ``max_messages_per_connection``
+messages, at the server's MAILMAX, or when the connection breaks. A provider-level failure
+stops the whole batch: the messages not yet tried come back untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .transport import (
+    AttemptResult,
+    Envelope,
+    ServerSettings,
+    SMTPFailure,
+    SMTPSession,
+    failure_result,
+)
+
+
+@dataclass
+class Job:
+    key: Any
+    envelope: Envelope
+    before_body: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass
+class BatchOutcome:
+    results: list[tuple[Job, AttemptResult]]
+    #: Jobs never tried because the provider failed first.
+    untouched: list[Job]
+    connections: int = 0
+
+
+async def send_batch(
+    settings: ServerSettings,
+    jobs: list[Job],
+    *,
+    max_connections: int = 1,
+    max_messages_per_connection: int = 100,
+    reserve_slot: Callable[[], Awaitable[float]] | None = None,
+) -> BatchOutcome:
+    queue: deque[Job] = deque(jobs)
+    outcome = BatchOutcome(results=[], untouched=[])
+    provider_failed = asyncio.Event()
+
+    async def run_connection() -> None:
+        session: SMTPSession | None = None
+        try:
+            while queue and not provider_failed.is_set():
+                job = queue.popleft()
+                if session is None or not session.can_take(max_messages_per_connection):
+                    if session is not None:
+                        await session.close()
+                    session = SMTPSession(settings)
+                    outcome.connections += 1
+                    try:
+                        await session.open()
+                    except SMTPFailure as failure:
+                        await session.close()
+                        outcome.results.append(
+                            (job, failure_result(session, job.envelope, failure))
+                        )
+                        session = None
+                        if failure.provider_level:
+                            provider_failed.set()
+                        continue
+                if reserve_slot is not None:
+                    wait = await reserve_slot()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                result = await session.send(job.envelope, before_body=job.before_body)
+                outcome.results.append((job, result))
+                if result.provider_level:
+                    provider_failed.set()
+                if not session.is_open:
+                    await session.close()
+                    session = None
+        finally:
+            if session is not None:
+                await session.close()
+
+    await asyncio.gather(
+        *(run_connection() for _ in range(max(1, min(max_connections, len(jobs)))))
+    )
+    outcome.untouched = list(queue)
+    return outcome
