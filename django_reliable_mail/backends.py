@@ -58,16 +58,28 @@ class EmailBackend(BaseEmailBackend):
         # Built now, so a bad setting fails here with a clear message, not at send time.
         self.config, self.provider = config_with_options(provider, options, alias=alias)
         self._provider_given = provider is not None or bool(options)
+        # Overrides from a MAILERS entry can be rebuilt by the worker from the same entry;
+        # keyword options from a direct call (credentials included) cannot, and are never
+        # stored, so they only work when sending inline.
+        self.mailer = alias if options and alias else None
+        if options and not alias and self.config.mode != "immediate":
+            raise ReliableMailConfigError(
+                "EmailBackend options "
+                + ", ".join(map(repr, options))
+                + " cannot be used with RELIABLE_MAIL['MODE'] 'queue': the worker would not "
+                "see them. Put them in RELIABLE_MAIL['PROVIDERS'] or a MAILERS entry."
+            )
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         """Store every message, then deliver after commit. Returns how many were accepted."""
         if not email_messages:
             return 0
-        rows = delivery.validate_and_enqueue(
+        rows, accepted = delivery.validate_and_enqueue(
             list(email_messages),
             config=self.config,
             provider=self.provider if self._provider_given else None,
             fail_silently=self.fail_silently,
+            mailer=self.mailer,
         )
         ids = [row.pk for row in rows]
         if ids:
@@ -76,4 +88,4 @@ class EmailBackend(BaseEmailBackend):
                 transaction.on_commit(lambda: delivery.deliver_messages(ids, config=config))
             else:
                 transaction.on_commit(lambda: tasks.wake(ids))
-        return len(rows)
+        return accepted

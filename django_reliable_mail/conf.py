@@ -42,7 +42,7 @@ TOP_LEVEL_DEFAULTS: dict[str, Any] = {
     "DEFAULT_PROVIDER": None,
     "PROVIDERS": None,
     "ROUTES": {},
-    "MODE": "immediate",
+    "MODE": "queue",
     "TRANSCRIPTS": "always",
     "TRANSCRIPT_MAX_CHARS": 64 * 1024,
     "RETENTION_DAYS": 30,
@@ -158,7 +158,7 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     default_provider: str
     routes: Mapping[str, str] = field(default_factory=dict)
-    mode: str = "immediate"
+    mode: str = "queue"
     transcripts: str = "always"
     transcript_max_chars: int = 64 * 1024
     retention_days: int = 30
@@ -814,6 +814,20 @@ def config_with_options(
     _raise_for(problems)
     assert config is not None
     return config, name
+
+
+def config_for_mailer(alias: str) -> tuple[Config, str]:
+    """The configuration a MAILERS entry's OPTIONS produce, as the worker must see it too."""
+    entry = (getattr(settings, "MAILERS", None) or {}).get(alias)
+    if entry is None:
+        raise ReliableMailConfigError(
+            f"MAILERS[{alias!r}] is gone, but queued messages were sent through it; "
+            "restore it or move those messages to another provider."
+        )
+    options = {k: v for k, v in (entry.get("OPTIONS") or {}).items() if v is not None}
+    provider = options.pop("provider", None)
+    options.pop("fail_silently", None)
+    return config_with_options(provider, options, alias=alias)
 
 
 @receiver(setting_changed)

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.mail import EmailMessage
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from . import signals, throttle
 from .bridge import SyncBridge
-from .conf import Config, ProviderConfig, get_config
+from .conf import Config, ProviderConfig, config_for_mailer, get_config
 from .exceptions import InvalidMessageError
 from .models import DeliveryAttempt, OutboundMessage, RecipientStatus
 from .options import DeliveryOptions, options_of
@@ -58,8 +58,61 @@ def prepare(message: EmailMessage, *, config: Config, provider: str | None) -> _
     return _Prepared(serialized, options, name)
 
 
-def enqueue(prepared: Sequence[_Prepared]) -> list[OutboundMessage]:
-    """Store messages (status ``queued``) in the caller's transaction, all or none."""
+def _without_known_keys(prepared: Sequence[_Prepared]) -> list[_Prepared]:
+    """Drop messages whose idempotency key is already stored (or repeated in this batch)."""
+    keys = [p.options.idempotency_key for p in prepared if p.options.idempotency_key]
+    seen = (
+        set(
+            OutboundMessage.objects.filter(idempotency_key__in=keys).values_list(
+                "idempotency_key", flat=True
+            )
+        )
+        if keys
+        else set()
+    )
+    fresh = []
+    for p in prepared:
+        key = p.options.idempotency_key
+        if key is not None:
+            if key in seen:
+                logger.info("message with idempotency key %r is already queued", key)
+                continue
+            seen.add(key)
+        fresh.append(p)
+    return fresh
+
+
+def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list[OutboundMessage]:
+    """Store messages (status ``queued``) in the caller's transaction, all or none.
+
+    A message whose idempotency key is already stored (within the retention window: purged
+    messages take their keys with them) is not stored again. Two concurrent senders of the
+    same key are settled by the unique constraint.
+    """
+    prepared = _without_known_keys(prepared)
+    if not prepared:
+        return []
+    try:
+        with transaction.atomic():
+            created = _insert(prepared, mailer=mailer)
+    except IntegrityError:
+        if not any(p.options.idempotency_key for p in prepared):
+            raise
+        # Lost a race on a key: store one by one, skipping keys someone else stored first.
+        created = []
+        for one in _without_known_keys(prepared):
+            try:
+                with transaction.atomic():
+                    created.extend(_insert([one], mailer=mailer))
+            except IntegrityError:
+                if one.options.idempotency_key is None:
+                    raise
+    for row in created:
+        signals.message_queued.send(sender=OutboundMessage, message=row)
+    return created
+
+
+def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
     now = timezone.now()
     rows = [
         OutboundMessage(
@@ -78,21 +131,18 @@ def enqueue(prepared: Sequence[_Prepared]) -> list[OutboundMessage]:
             idempotency_key=p.options.idempotency_key,
             tags=p.options.tags,
             metadata=p.options.metadata,
-            options=_dsn_options(p.options),
+            options={**_dsn_options(p.options), **({"mailer": mailer} if mailer else {})},
         )
         for p in prepared
     ]
-    with transaction.atomic():
-        created = OutboundMessage.objects.bulk_create(rows)
-        if any(row.pk is None for row in created):  # databases that return no ids
-            raise RuntimeError("the database did not return primary keys from bulk_create")
-        RecipientStatus.objects.bulk_create(
-            RecipientStatus(message=row, address=address)
-            for row in created
-            for address in row.recipients
-        )
-    for row in created:
-        signals.message_queued.send(sender=OutboundMessage, message=row)
+    created = OutboundMessage.objects.bulk_create(rows)
+    if any(row.pk is None for row in created):  # databases that return no ids
+        raise RuntimeError("the database did not return primary keys from bulk_create")
+    RecipientStatus.objects.bulk_create(
+        RecipientStatus(message=row, address=address)
+        for row in created
+        for address in row.recipients
+    )
     return created
 
 
@@ -230,15 +280,18 @@ def deliver_due(
     limit: int = 100,
 ) -> RunSummary:
     """Claim due messages, send them per provider over reused connections, record."""
+    given = config
     config = config or get_config()
     summary = RunSummary()
     messages = claim(config=config, provider=provider, ids=ids, limit=limit)
     summary.claimed = len(messages)
-    by_provider: dict[str, list[OutboundMessage]] = {}
+    groups: dict[tuple[str, str | None], list[OutboundMessage]] = {}
     for message in messages:
-        by_provider.setdefault(message.provider, []).append(message)
-    for name, group in by_provider.items():
-        summary.add(_deliver_group(name, group, config=config))
+        mailer = (message.options or {}).get("mailer")
+        groups.setdefault((message.provider, mailer), []).append(message)
+    for (name, mailer), group in groups.items():
+        group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
+        summary.add(_deliver_group(name, group, config=group_config))
     return summary
 
 
@@ -555,13 +608,16 @@ def validate_and_enqueue(
     config: Config,
     provider: str | None,
     fail_silently: bool,
-) -> list[OutboundMessage]:
+    mailer: str | None = None,
+) -> tuple[list[OutboundMessage], int]:
     """Validate every message, then store the valid ones in one transaction.
 
     Without ``fail_silently`` one invalid message stores none of them (the caller sees the
     error and nothing is half-stored); with it, invalid ones are skipped and logged.
+    Returns the stored rows and how many messages are accepted for delivery (a message
+    whose idempotency key was already stored counts as accepted: it is on its way).
     """
-    prepared = []
+    prepared: list[_Prepared] = []
     for message in messages:
         try:
             prepared.append(prepare(message, config=config, provider=provider))
@@ -570,5 +626,5 @@ def validate_and_enqueue(
                 raise
             logger.warning("message not queued: %s", exc)
     if not prepared:
-        return []
-    return enqueue(prepared)
+        return [], 0
+    return enqueue(prepared, mailer=mailer), len(prepared)
