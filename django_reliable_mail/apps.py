@@ -9,6 +9,7 @@ class ReliableMailConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from .checks import check_settings
+        from .checks import check_q_cluster, check_settings
 
         checks.register(check_settings, "reliable_mail")
+        checks.register(check_q_cluster, "reliable_mail")

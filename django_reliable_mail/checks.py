@@ -15,3 +15,65 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         (checks.Warning if p.warning else checks.Error)(p.message, hint=p.hint or None, id=p.id)
         for p in problems
     ]
+
+
+def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn about django-q2 settings that turn a slow or failed task into a repeated send."""
+    from django.conf import settings
+
+    config, _ = validate()
+    if config is None or config.mode != "queue":
+        return []
+    q = getattr(settings, "Q_CLUSTER", {}) or {}
+    found = []
+    timeout, retry = q.get("timeout"), q.get("retry", 60)
+    example = (
+        "e.g. Q_CLUSTER = {'timeout': 120, 'retry': 180, 'max_attempts': 1, "
+        "'ack_failures': True, 'catch_up': False, ...}"
+    )
+    if timeout is None:
+        found.append(
+            checks.Warning(
+                "Q_CLUSTER['timeout'] is not set: a delivery task running longer than "
+                f"Q_CLUSTER['retry'] ({retry} s) is handed to a second worker.",
+                hint=example,
+                id="reliable_mail.W010",
+            )
+        )
+    elif retry <= timeout:
+        found.append(
+            checks.Warning(
+                f"Q_CLUSTER['retry'] ({retry}) is not greater than "
+                f"Q_CLUSTER['timeout'] ({timeout}): a task still running is redelivered to another worker.",
+                hint=example,
+                id="reliable_mail.W011",
+            )
+        )
+    if q.get("max_attempts", 0) == 0:
+        found.append(
+            checks.Warning(
+                "Q_CLUSTER['max_attempts'] is 0 (unlimited): a failing delivery task is retried "
+                "forever by the broker. Our own retries live in the database; set it to 1.",
+                hint=example,
+                id="reliable_mail.W012",
+            )
+        )
+    if q.get("catch_up", True):
+        found.append(
+            checks.Warning(
+                "Q_CLUSTER['catch_up'] is on: after downtime the dispatcher schedule replays every "
+                "missed run at once.",
+                hint=example,
+                id="reliable_mail.W013",
+            )
+        )
+    if not q.get("ack_failures", False):
+        found.append(
+            checks.Warning(
+                "Q_CLUSTER['ack_failures'] is off: a failed delivery task stays on the broker and "
+                "is delivered again.",
+                hint=example,
+                id="reliable_mail.W014",
+            )
+        )
+    return found

@@ -48,7 +48,16 @@ if os.environ.get("RELIABLE_MAIL_TEST_DB") == "postgres":
     }
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
-Q_CLUSTER = {"name": "tests", "orm": "default", "sync": True, "timeout": 60, "retry": 120}
+Q_CLUSTER = {
+    "name": "tests",
+    "orm": "default",
+    "sync": True,
+    "timeout": 60,
+    "retry": 120,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+}
 RELIABLE_MAIL = {
     "PROVIDERS": {"loopback": {"HOST": "127.0.0.1", "PORT": 2525, "TLS": "none"}},
     "MODE": "immediate",

@@ -49,7 +49,15 @@ DATABASES = {
         "NAME": os.environ.get("DEMO_DB", str(BASE_DIR / "db.sqlite3")),
     }
 }
-Q_CLUSTER = {"name": "demo", "orm": "default", "timeout": 60, "retry": 120, "max_attempts": 1}
+Q_CLUSTER = {
+    "name": "demo",
+    "orm": "default",
+    "timeout": 60,
+    "retry": 120,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+}
 
 EMAIL_BACKEND = "django_reliable_mail.backends.EmailBackend"
 DEFAULT_FROM_EMAIL = "shop@example.com"

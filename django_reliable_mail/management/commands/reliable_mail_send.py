@@ -1,0 +1,93 @@
+"""Deliver due mail in this process: the cron path, no qcluster needed.
+
+manage.py reliable_mail_send                 # one pass over what is due, then exit
+manage.py reliable_mail_send --loop          # keep going until stopped (SIGTERM/SIGINT)
+manage.py reliable_mail_send --loop --idle-exit 30   # stop after 30 s with nothing to do
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ... import delivery
+from ...conf import get_config
+from ...exceptions import ReliableMailConfigError
+
+
+class Command(BaseCommand):
+    help = "Deliver due messages now, in this process (cron or a long-running worker)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--provider", help="only this provider's messages")
+        parser.add_argument(
+            "--limit", type=int, default=0, help="stop after this many attempts (default: no limit)"
+        )
+        parser.add_argument("--batch", type=int, default=100, help="messages claimed at once")
+        parser.add_argument("--loop", action="store_true", help="keep polling for due mail")
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=1.0,
+            help="seconds between polls when idle (with --loop)",
+        )
+        parser.add_argument(
+            "--idle-exit",
+            type=float,
+            default=0,
+            help="with --loop: exit after this many idle seconds",
+        )
+        parser.add_argument("--no-progress", action="store_true", help="never draw progress")
+
+    def handle(self, *args, **options):
+        try:
+            config = get_config()
+            if options["provider"]:
+                config.provider(options["provider"])
+        except ReliableMailConfigError as exc:
+            raise CommandError(str(exc)) from exc
+        stopping = {"now": False}
+
+        def stop(signum, frame):
+            stopping["now"] = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        progress = (
+            not options["no_progress"] and hasattr(self.stdout, "isatty") and self.stdout.isatty()
+        )
+        total = delivery.RunSummary()
+        idle_since = time.monotonic()
+        limit = options["limit"]
+        while not stopping["now"]:
+            total.recovered += delivery.recover_expired_leases(config=config)
+            batch = options["batch"] if not limit else min(options["batch"], limit - total.attempts)
+            summary = delivery.deliver_due(config=config, provider=options["provider"], limit=batch)
+            total.add(summary)
+            if progress and summary.attempts:
+                self.stdout.write(
+                    f"\r{total.attempts} attempts: {total.sent} sent, {total.retrying} retrying, "
+                    f"{total.failed} failed",
+                    ending="",
+                )
+            if limit and total.attempts >= limit:
+                break
+            if summary.claimed:
+                idle_since = time.monotonic()
+                continue
+            if not options["loop"]:
+                break
+            if options["idle_exit"] and time.monotonic() - idle_since >= options["idle_exit"]:
+                break
+            time.sleep(options["interval"])
+        if progress:
+            self.stdout.write("")
+        self.stdout.write(
+            f"{total.attempts} attempt(s) over {total.connections} connection(s): "
+            f"{total.sent} sent, {total.retrying} retrying, {total.failed} failed, "
+            f"{total.held} held, {total.released} released, {total.recovered} recovered."
+        )
+        sys.stdout.flush()
