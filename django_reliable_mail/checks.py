@@ -44,7 +44,8 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
         found.append(
             checks.Warning(
                 f"Q_CLUSTER['retry'] ({retry}) is not greater than "
-                f"Q_CLUSTER['timeout'] ({timeout}): a task still running is redelivered to another worker.",
+                f"Q_CLUSTER['timeout'] ({timeout}): a task still running is redelivered "
+                "to another worker.",
                 hint=example,
                 id="reliable_mail.W011",
             )
