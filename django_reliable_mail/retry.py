@@ -34,7 +34,7 @@ def retry_delay(
         delay = delay * (1 + spread)
     if hint_seconds is not None:
         delay = max(delay, hint_seconds)
-    return max(delay, 1.0)
+    return max(delay, 0.0)
 
 
 def should_give_up(

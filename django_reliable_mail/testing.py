@@ -18,6 +18,7 @@ import secrets
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,6 +149,10 @@ class _Handler:
         reply = self.server.rcpt_reply(address) if self.server.rcpt_reply else None
         if reply:
             return reply
+        if self.server.greylist and address not in self.server.greylisted:
+            # Classic greylisting: the first attempt for a recipient is deferred.
+            self.server.greylisted.add(address)
+            return "451 4.7.1 Greylisted, please try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
@@ -170,6 +175,8 @@ class _Handler:
             self.log.messages.append(message)
             await asyncio.sleep(self.server.stall_after_body)
             return "250 2.0.0 too late"
+        if self.server.reply_delay:
+            await asyncio.sleep(self.server.reply_delay)
         if self.server.data_reply:
             return self.server.data_reply
         queue_id = secrets.token_hex(5).upper()
@@ -178,6 +185,7 @@ class _Handler:
             self.log.discarded.append(message)
             return f"250 2.0.0 OK queued as {queue_id}"
         self.log.messages.append(message)
+        self.server.accepted_at.append(time.time())
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     # -- AUTH mechanisms aiosmtpd does not ship -------------------------------------------
@@ -233,6 +241,8 @@ class LoopbackSMTPServer:
         disconnect_after_body: bool = False,
         stall_after_body: float = 0,
         discard_when_requiretls: bool = False,
+        greylist: bool = False,
+        reply_delay: float = 0,
         port: int | None = None,
     ) -> None:
         if tls not in ("none", "starttls", "implicit"):
@@ -251,7 +261,12 @@ class LoopbackSMTPServer:
         self.disconnect_after_body = disconnect_after_body
         self.stall_after_body = stall_after_body
         self.discard_when_requiretls = discard_when_requiretls
+        self.greylist = greylist
+        self.greylisted: set[str] = set()
+        self.reply_delay = reply_delay
         self.log = ServerLog()
+        #: Wall-clock time of every message the server accepted, for rate measurements.
+        self.accepted_at: list[float] = []
         self.host = "127.0.0.1"
         self.port = port or free_port()
         handler = _Handler(self)
@@ -295,6 +310,7 @@ class LoopbackSMTPServer:
 
     def start(self) -> LoopbackSMTPServer:
         self._controller.start()
+        self.log.connections = 0  # aiosmtpd's own start-up probe is not a client
         return self
 
     def stop(self) -> None:

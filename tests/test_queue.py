@@ -1,0 +1,304 @@
+"""Queue mode in one process: outbox, claiming, leases, provider health, batching, retries."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from django_reliable_mail import delivery, tasks
+from django_reliable_mail.backends import EmailBackend
+from django_reliable_mail.checks import check_q_cluster
+from django_reliable_mail.conf import get_config
+from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
+
+from .helpers import PASSWORD
+from .test_backend import message, provider_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+Status = OutboundMessage.Status
+
+
+def queue_config(**providers):
+    return {"DEFAULT_PROVIDER": next(iter(providers)), "PROVIDERS": providers, "MODE": "queue"}
+
+
+def fast_retry(**extra):
+    return {"RETRY": {"BASE_SECONDS": 0.01, "JITTER": 0, "MAX_ATTEMPTS": 5}, **extra}
+
+
+def queue_async(settings=None):
+    """Tasks go to the ORM broker instead of running inline (django-q2 reads its settings
+    once, at import, so the switch is on its Conf)."""
+    from django_q.conf import Conf
+
+    Conf.SYNC = False
+
+
+def queue_sync():
+    from django_q.conf import Conf
+
+    Conf.SYNC = True
+
+
+@pytest.fixture(autouse=True)
+def _restore_sync():
+    yield
+    queue_sync()
+
+
+def make_due():
+    OutboundMessage.objects.filter(status__in=[Status.RETRYING, Status.QUEUED]).update(
+        next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def test_queue_mode_wakes_the_worker_after_commit(smtp_server):
+    server = smtp_server()
+    with override_settings(RELIABLE_MAIL=queue_config(main=provider_for(server))):
+        with transaction.atomic():
+            assert EmailBackend().send_messages([message(), message()]) == 2
+            assert server.messages == []  # nothing leaves before the commit
+            assert OutboundMessage.objects.filter(status=Status.QUEUED).count() == 2
+    assert len(server.messages) == 2  # Q_CLUSTER sync: the woken task ran at commit
+    assert set(OutboundMessage.objects.values_list("status", flat=True)) == {Status.SENT}
+
+
+def test_rollback_queues_nothing_and_sends_nothing(smtp_server):
+    from django_q.models import OrmQ
+
+    server = smtp_server()
+    with override_settings(RELIABLE_MAIL=queue_config(main=provider_for(server))):
+        with pytest.raises(RuntimeError), transaction.atomic():
+            EmailBackend().send_messages([message()])
+            raise RuntimeError("the request failed after send_mail")
+    assert OutboundMessage.objects.count() == 0 and OrmQ.objects.count() == 0
+    assert server.messages == []
+
+
+def test_a_lost_wake_up_is_recovered_by_the_dispatcher(smtp_server, settings):
+    from django_q.models import OrmQ
+
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server))
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    assert OrmQ.objects.count() == 1
+    OrmQ.objects.all().delete()  # the broker lost the task
+    queue_sync()
+    result = tasks.dispatch()
+    assert "queued 1 delivery task" in result
+    assert len(server.messages) == 1
+    assert OutboundMessage.objects.get().status == Status.SENT
+
+
+def test_the_dispatcher_schedule_is_created_once():
+    import importlib
+
+    from django.apps import apps
+    from django_q.models import Schedule
+
+    migration = importlib.import_module("django_reliable_mail.migrations.0003_dispatch_schedule")
+    migration.create_schedule(apps, None)
+    migration.create_schedule(apps, None)  # migrating again (or from a second host)
+    schedule = Schedule.objects.get(name=tasks.DISPATCH_SCHEDULE_NAME)
+    assert schedule.func == "django_reliable_mail.tasks.dispatch"
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == ("I", 1, -1)
+
+
+def test_only_one_claim_wins(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    config = get_config()
+    first = delivery.claim(config=config)
+    second = delivery.claim(config=config)
+    assert len(first) == 1 and second == []
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.SENDING and row.lease_expires_at > timezone.now()
+
+
+def test_send_at_and_priority(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    later, low, high = message(subject="later"), message(subject="low"), message(subject="high")
+    later.reliable_mail = {"send_at": timezone.now() + timedelta(hours=1)}
+    high.reliable_mail = {"priority": 9}
+    EmailBackend().send_messages([later, low, high])
+    config = get_config()
+    assert [m.subject for m in delivery.claim(config=config, limit=1)] == ["high"]
+    assert [m.subject for m in delivery.claim(config=config, limit=5)] == ["low"]
+
+
+def test_expired_lease_before_the_body_is_simply_requeued(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    delivery.claim(config=get_config())
+    OutboundMessage.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert delivery.recover_expired_leases() == 1
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.QUEUED and row.attempts.count() == 0
+
+
+@pytest.mark.parametrize("policy", ["retry", "hold"])
+def test_expired_lease_after_the_body_is_unknown(settings, policy):
+    settings.RELIABLE_MAIL = {
+        **queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"}),
+        "UNKNOWN_OUTCOME": policy,
+    }
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    delivery.claim(config=get_config())
+    OutboundMessage.objects.update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1), body_started_at=timezone.now()
+    )
+    assert delivery.recover_expired_leases() == 1
+    row = OutboundMessage.objects.get()
+    attempt = row.attempts.get()
+    assert attempt.outcome == DeliveryAttempt.Outcome.UNKNOWN and attempt.possible_duplicate
+    assert row.recipient_statuses.get().state == "unknown"
+    assert row.status == (Status.RETRYING if policy == "retry" else Status.HELD)
+
+
+def test_a_broken_provider_does_not_burn_attempts(smtp_server, tls, settings):
+    server = smtp_server(tls="starttls", users={"app": PASSWORD})
+    bad = provider_for(
+        server, tls[1], USERNAME="app", PASSWORD="wrong-one", MAX_CONNECTIONS=1, **fast_retry()
+    )
+    settings.RELIABLE_MAIL = queue_config(main=bad)
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(5)])
+    summary = delivery.deliver_due()
+    assert summary.attempts == 1 and summary.released == 4
+    assert OutboundMessage.objects.filter(attempt_count=0).count() == 5
+    state = ProviderState.objects.get(name="main")
+    assert state.degraded_until > timezone.now() and "535" in state.degraded_reason
+    make_due()
+    assert delivery.deliver_due().claimed == 0  # paused, not burning attempts
+    # the password is fixed and the pause ends: everything goes, nothing counted twice
+    settings.RELIABLE_MAIL = queue_config(main={**bad, "PASSWORD": PASSWORD})
+    ProviderState.objects.update(degraded_until=timezone.now() - timedelta(seconds=1))
+    make_due()
+    assert delivery.deliver_due().sent == 5
+    assert len(server.messages) == 5
+    assert set(OutboundMessage.objects.values_list("attempt_count", flat=True)) == {1}
+    assert ProviderState.objects.get(name="main").consecutive_failures == 0
+
+
+def test_batches_reuse_connections(smtp_server, settings):
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(
+        main=provider_for(server, MAX_CONNECTIONS=1, MAX_MESSAGES_PER_CONNECTION=4)
+    )
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(10)])
+    summary = delivery.deliver_due()
+    assert summary.sent == 10 and summary.connections == 3
+    assert server.log.connections == 3
+    assert server.log.commands.count("RSET") == 10 - 3
+    first, second = (a.transcript for a in DeliveryAttempt.objects.order_by("id")[:2])
+    assert "EHLO" in first and "reusing connection" in second and "EHLO" not in second
+
+
+def test_parallel_connections(smtp_server, settings):
+    server = smtp_server(reply_delay=0.05)
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=4))
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(8)])
+    summary = delivery.deliver_due()
+    assert summary.sent == 8 and server.log.connections == 4
+
+
+def test_greylisted_mail_is_retried_until_delivered(smtp_server, settings):
+    server = smtp_server(greylist=True)
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, **fast_retry()))
+    queue_async(settings)
+    EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(3)])
+    assert delivery.deliver_due().retrying == 3
+    make_due()
+    assert delivery.deliver_due().sent == 3
+    assert len(server.messages) == 3
+    assert list(OutboundMessage.objects.values_list("attempt_count", flat=True)) == [2, 2, 2]
+
+
+def test_max_attempts_then_failed(smtp_server, settings):
+    server = smtp_server(data_reply="451 4.3.0 Temporary trouble")
+    settings.RELIABLE_MAIL = queue_config(
+        main=provider_for(server, RETRY={"BASE_SECONDS": 0.01, "JITTER": 0, "MAX_ATTEMPTS": 3})
+    )
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    for _ in range(3):
+        make_due()
+        delivery.deliver_due()
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.FAILED and row.attempts.count() == 3
+    assert "gave up after 3 attempt(s)" in row.last_error
+
+
+def test_idempotency_key_stores_one_message(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    for _ in range(2):
+        msg = message()
+        msg.reliable_mail = {"idempotency_key": "reset-42"}
+        assert EmailBackend().send_messages([msg]) == 1
+    twin_a, twin_b = message(), message()
+    twin_a.reliable_mail = twin_b.reliable_mail = {"idempotency_key": "receipt-7"}
+    EmailBackend().send_messages([twin_a, twin_b])
+    assert OutboundMessage.objects.count() == 2
+
+
+def test_rate_limit_paces_sends(smtp_server, settings):
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, RATE_LIMIT="20/s"))
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(6)])
+    delivery.deliver_due()
+    gaps = [b - a for a, b in zip(server.accepted_at, server.accepted_at[1:], strict=False)]
+    assert len(server.accepted_at) == 6
+    assert min(gaps) >= 0.05 * 0.8  # one slot every 50 ms (small clock slack)
+
+
+def test_backend_kwargs_cannot_reach_a_queue_worker(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    with pytest.raises(Exception, match="cannot be used with RELIABLE_MAIL\\['MODE'\\] 'queue'"):
+        EmailBackend(username="u", password="p")
+
+
+def test_send_command(smtp_server, settings, capsys):
+    server = smtp_server(greylist=True)
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, **fast_retry()))
+    queue_async(settings)
+    EmailBackend().send_messages([message(to=[f"c{i}@example.com"]) for i in range(4)])
+    call_command("reliable_mail_send", "--loop", "--idle-exit", "1", "--interval", "0.05")
+    out = capsys.readouterr().out
+    assert "8 attempt(s)" in out and "4 sent" in out
+    assert len(server.messages) == 4
+    with pytest.raises(CommandError, match="Unknown provider 'nope'"):
+        call_command("reliable_mail_send", "--provider", "nope")
+
+
+def test_q_cluster_checks(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "h", "PORT": 587})
+    assert check_q_cluster() == []
+    settings.Q_CLUSTER = {"name": "x", "orm": "default"}
+    ids = [m.id for m in check_q_cluster()]
+    assert ids == [
+        "reliable_mail.W010",
+        "reliable_mail.W012",
+        "reliable_mail.W013",
+        "reliable_mail.W014",
+    ]
+    settings.Q_CLUSTER = {
+        "timeout": 300,
+        "retry": 60,
+        "max_attempts": 1,
+        "ack_failures": True,
+        "catch_up": False,
+    }
+    assert [m.id for m in check_q_cluster()] == ["reliable_mail.W011"]
