@@ -7,6 +7,7 @@ claiming and recording are two short transactions around the network work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -315,13 +316,17 @@ def _deliver_group(name: str, messages: list[OutboundMessage], *, config: Config
             async def reserve() -> float:
                 return await bridge.call(throttle.reserve_slot, name, limit)
 
-        return await send_batch(
-            server,
-            jobs,
-            max_connections=provider.max_connections,
-            max_messages_per_connection=provider.max_messages_per_connection,
-            reserve_slot=reserve,
-        )
+        renewer = asyncio.create_task(_keep_leases(bridge, messages, config.lease_seconds))
+        try:
+            return await send_batch(
+                server,
+                jobs,
+                max_connections=provider.max_connections,
+                max_messages_per_connection=provider.max_messages_per_connection,
+                reserve_slot=reserve,
+            )
+        finally:
+            renewer.cancel()
 
     batch = SyncBridge().run(run)
     summary.connections = batch.connections
@@ -344,6 +349,21 @@ def _deliver_group(name: str, messages: list[OutboundMessage], *, config: Config
             throttle.mark_healthy(name)
         summary.released = release(untouched, until=timezone.now())
     return summary
+
+
+async def _keep_leases(bridge: SyncBridge, messages: list[OutboundMessage], seconds: int) -> None:
+    """Extend the batch's leases while it is being sent (a rate-limited batch can outlast
+    one lease). A worker that dies stops renewing, and its leases run out."""
+    tokens = {m.claim_token for m in messages}
+    while True:
+        await asyncio.sleep(seconds / 3)
+        await bridge.call(_renew_leases, tokens, seconds)
+
+
+def _renew_leases(tokens: set[str], seconds: int) -> None:
+    OutboundMessage.objects.filter(claim_token__in=tokens, status=Status.SENDING).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=seconds)
+    )
 
 
 def _count(summary: RunSummary, status: str) -> None:

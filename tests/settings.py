@@ -1,5 +1,6 @@
 """Test settings: SQLite by default, PostgreSQL with RELIABLE_MAIL_TEST_DB=postgres."""
 
+import json
 import os
 
 SECRET_KEY = "tests-only-not-secret"
@@ -46,6 +47,10 @@ if os.environ.get("RELIABLE_MAIL_TEST_DB") == "postgres":
             "NAME": os.environ.get("PGDATABASE", "test"),
         }
     }
+    # Worker processes started by the tests join the test database of the parent run.
+    if os.environ.get("RELIABLE_MAIL_TEST_DB_NAME"):
+        DATABASES["default"]["NAME"] = os.environ["RELIABLE_MAIL_TEST_DB_NAME"]
+        DATABASES["default"]["TEST"] = {"NAME": os.environ["RELIABLE_MAIL_TEST_DB_NAME"]}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 Q_CLUSTER = {
@@ -62,3 +67,5 @@ RELIABLE_MAIL = {
     "PROVIDERS": {"loopback": {"HOST": "127.0.0.1", "PORT": 2525, "TLS": "none"}},
     "MODE": "immediate",
 }
+if os.environ.get("RELIABLE_MAIL_TEST_CONFIG"):
+    RELIABLE_MAIL = json.loads(os.environ["RELIABLE_MAIL_TEST_CONFIG"])

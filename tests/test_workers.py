@@ -1,0 +1,263 @@
+"""Several real worker processes on PostgreSQL: exactly-once delivery, SIGKILL at the worst
+moments, and a rate limit that holds across processes. Counted on the server side."""
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from django_reliable_mail.backends import EmailBackend
+from django_reliable_mail.models import DeliveryAttempt, OutboundMessage
+
+from .test_backend import message, provider_for
+from .test_queue import queue_async
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        os.environ.get("RELIABLE_MAIL_TEST_DB") != "postgres",
+        reason="multi-process tests need PostgreSQL (RELIABLE_MAIL_TEST_DB=postgres)",
+    ),
+]
+ROOT = Path(__file__).resolve().parent.parent
+Status = OutboundMessage.Status
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.MULTILINE | re.IGNORECASE)
+
+
+def config_for(server, **provider):
+    return {
+        "DEFAULT_PROVIDER": "main",
+        "MODE": "queue",
+        "LEASE_SECONDS": 2,
+        "PROVIDERS": {
+            "main": provider_for(
+                server, RETRY={"BASE_SECONDS": 0.05, "JITTER": 0, "MAX_ATTEMPTS": 10}, **provider
+            )
+        },
+    }
+
+
+def start_worker(config, *args):
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "RELIABLE_MAIL_TEST_DB": "postgres",
+        "RELIABLE_MAIL_TEST_DB_NAME": connection.settings_dict["NAME"],
+        "RELIABLE_MAIL_TEST_CONFIG": json.dumps(config),
+    }
+    command = [sys.executable, "-m", "django", "reliable_mail_send", "--no-progress", *args]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def run_until_idle(config, *, workers=1, idle=2.0, timeout=120):
+    procs = [
+        start_worker(
+            config, "--loop", "--idle-exit", str(idle), "--interval", "0.1", "--batch", "25"
+        )
+        for _ in range(workers)
+    ]
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        outputs.append(out.decode())
+        assert proc.returncode == 0, out.decode()
+    return outputs
+
+
+def queue_messages(settings, config, count, *, prefix="u"):
+    settings.RELIABLE_MAIL = config
+    queue_async(settings)
+    batch = [message(to=[f"{prefix}{i}@example.com"]) for i in range(count)]
+    for start in range(0, count, 100):
+        EmailBackend().send_messages(batch[start : start + 100])
+    return count
+
+
+def copies_by_message_id(server):
+    return Counter(MESSAGE_ID.search(m.data).group(1).decode() for m in server.messages)
+
+
+def assert_delivered_and_duplicates_flagged(server, expected):
+    rows = list(OutboundMessage.objects.all())
+    assert len(rows) == expected
+    stuck = [r.pk for r in rows if r.status != Status.SENT]
+    assert stuck == [], f"not sent: {stuck}"
+    copies = copies_by_message_id(server)
+    flagged = set(
+        DeliveryAttempt.objects.filter(possible_duplicate=True).values_list(
+            "message__message_id", flat=True
+        )
+    )
+    for row in rows:
+        assert copies[row.message_id] >= 1, f"message {row.pk} never reached the server"
+        if copies[row.message_id] > 1:
+            assert row.message_id in flagged, f"message {row.pk} duplicated without a flag"
+    return copies, flagged
+
+
+def test_four_workers_greylisting_exactly_once(smtp_server, settings):
+    server = smtp_server(greylist=True)
+    config = config_for(server, MAX_CONNECTIONS=2)
+    total = queue_messages(settings, config, 500)
+    outputs = run_until_idle(config, workers=4, idle=2.5)
+    copies, flagged = assert_delivered_and_duplicates_flagged(server, total)
+    assert len(server.messages) == total and set(copies.values()) == {1}
+    assert flagged == set()
+    assert DeliveryAttempt.objects.count() == 2 * total  # greylisted once, then accepted
+    # the work really was shared: every worker made attempts
+    assert all(not out.startswith("0 attempt") for out in outputs), outputs
+
+
+def test_random_sigkill_never_loses_and_only_flagged_duplicates(smtp_server, settings):
+    server = smtp_server(reply_delay=0.01)
+    config = config_for(server, MAX_CONNECTIONS=2)
+    total = queue_messages(settings, config, 150)
+    rng = random.Random(20261127)
+    procs = [
+        start_worker(config, "--loop", "--interval", "0.05", "--batch", "10") for _ in range(2)
+    ]
+    kills = 0
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        time.sleep(rng.uniform(0.1, 0.4))
+        victim = rng.randrange(len(procs))
+        kill(procs[victim])
+        kills += 1
+        procs[victim] = start_worker(config, "--loop", "--interval", "0.05", "--batch", "10")
+    for proc in procs:
+        kill(proc)
+    time.sleep(2.5)  # leases of the killed workers expire
+    run_until_idle(config, workers=1, idle=2.0)
+    copies, _ = assert_delivered_and_duplicates_flagged(server, total)
+    assert kills >= 10
+    assert sum(copies.values()) >= total
+
+
+class BlackHole:
+    """Accepts TCP connections and never says a word: a worker waits in its connect."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.accepted.set()
+
+    def close(self):
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+def wait_for(predicate, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()  # reap it and close its pipe
+
+
+def test_sigkill_before_the_server_answered(smtp_server, settings):
+    server = smtp_server()
+    hole = BlackHole()
+    try:
+        stuck = config_for(server, PORT=hole.port, TIMEOUT=30)
+        queue_messages(settings, stuck, 1)
+        worker = start_worker(stuck, "--loop", "--interval", "0.1")
+        wait_for(hole.accepted.is_set)
+        kill(worker)
+    finally:
+        hole.close()
+    time.sleep(2.5)
+    run_until_idle(config_for(server), idle=1.5)
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.SENT and len(server.messages) == 1
+    assert list(row.attempts.values_list("outcome", "possible_duplicate")) == [("accepted", False)]
+
+
+def test_sigkill_in_the_middle_of_data(smtp_server, settings):
+    server = smtp_server(stall_after_body=30)
+    config = config_for(server)
+    queue_messages(settings, config, 1)
+    worker = start_worker(config, "--loop", "--interval", "0.1")
+    wait_for(lambda: len(server.messages) == 1)
+    kill(worker)
+    server.stall_after_body = 0
+    time.sleep(2.5)
+    run_until_idle(config, idle=1.5)
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.SENT
+    outcomes = list(row.attempts.values_list("outcome", "possible_duplicate"))
+    assert outcomes == [("unknown", True), ("accepted", True)]
+    assert len(server.messages) == 2  # the one duplicate, and it is flagged
+
+
+def test_sigkill_after_the_reply_before_it_is_stored(smtp_server, settings):
+    import psycopg
+
+    server = smtp_server()
+    config = config_for(server)
+    queue_messages(settings, config, 1)
+    params = connection.settings_dict
+    locker = psycopg.connect(
+        host=params["HOST"], port=params["PORT"], user=params["USER"], dbname=params["NAME"]
+    )
+    try:
+        locker.execute("LOCK TABLE django_reliable_mail_deliveryattempt IN ACCESS EXCLUSIVE MODE")
+        worker = start_worker(config, "--loop", "--interval", "0.1")
+        wait_for(lambda: len(server.messages) == 1)
+        time.sleep(0.5)  # the 250 has arrived; storing it waits on the lock
+        kill(worker)
+    finally:
+        locker.rollback()
+        locker.close()
+    time.sleep(2.5)
+    run_until_idle(config, idle=1.5)
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.SENT
+    outcomes = list(row.attempts.values_list("outcome", "possible_duplicate"))
+    assert outcomes == [("unknown", True), ("accepted", True)]
+    assert len(server.messages) == 2
+
+
+def test_rate_limit_holds_across_two_processes(smtp_server, settings):
+    server = smtp_server()
+    config = config_for(server, RATE_LIMIT="10/s", MAX_CONNECTIONS=2)
+    total = queue_messages(settings, config, 30)
+    run_until_idle(config, workers=2, idle=1.5)
+    times = sorted(server.accepted_at)
+    assert len(times) == total
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 11, f"{busiest} messages in one second with RATE_LIMIT 10/s"
+    assert times[-1] - times[0] >= (total - 1) / 10 * 0.9
