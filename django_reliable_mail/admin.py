@@ -1,21 +1,122 @@
-"""Read-only admin for messages and their attempts (the full operator admin builds on it)."""
+"""The operator's admin: lists of failed and retrying mail, a readable attempt timeline,
+POST-only actions, and a dashboard.
+
+Everything a server or a message can contain is rendered through Django's escaping; message
+bodies are only reachable with the ``view_message_body`` permission.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.utils.html import format_html, format_html_join
+import re
 
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.decorators import method_decorator
+from django.views.decorators.http import require_POST
+
+from . import operations
+from .conf import get_config
+from .dashboard import dashboard_context
+from .exceptions import ReliableMailConfigError
 from .models import (
     DeliveryAttempt,
     FailedMessage,
     OutboundMessage,
-    RecipientStatus,
     RetryingMessage,
 )
+from .smtp.capabilities import KNOWN_EXTENSIONS
+
+TRANSCRIPT_LINE = re.compile(r"^\[\+(?P<t>[\d.]+)s\] (?P<who>[CS*]): (?P<text>.*)$")
+RETRY_PERMISSION = "django_reliable_mail.retry_outboundmessage"
+BODY_PERMISSION = "django_reliable_mail.view_message_body"
 
 
-class ReadOnlyMixin:
-    def has_add_permission(self, request, obj=None):
+def transcript_rows(transcript: str) -> list[dict[str, str]]:
+    """Split a stored transcript into (time, side, text) rows for the template."""
+    rows = []
+    for line in transcript.splitlines():
+        match = TRANSCRIPT_LINE.match(line)
+        if match:
+            who = {"C": "client", "S": "server", "*": "event"}[match["who"]]
+            rows.append({"time": match["t"], "side": who, "text": match["text"]})
+        else:
+            rows.append({"time": "", "side": "event", "text": line})
+    return rows
+
+
+class ProviderChoiceForm(forms.Form):
+    provider = forms.ChoiceField(label="Send through provider")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["provider"].choices = [(p, p) for p in sorted(get_config().providers)]
+
+
+class DisableExtensionsForm(forms.Form):
+    extensions = forms.MultipleChoiceField(
+        label="Retry once without",
+        choices=[(e, e) for e in sorted(KNOWN_EXTENSIONS - {"AUTH", "STARTTLS"})],
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+
+@admin.register(OutboundMessage)
+class OutboundMessageAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "status",
+        "provider",
+        "recipient_list",
+        "subject",
+        "attempt_count",
+        "next_attempt_at",
+        "short_error",
+        "created_at",
+    )
+    list_display_links = ("id", "subject")
+    list_filter = ("status", "provider", ("created_at", admin.DateFieldListFilter))
+    search_fields = (
+        "=recipient_statuses__address",
+        "subject",
+        "=message_id",
+        "=attempts__queue_id",
+    )
+    # A COUNT(*) over a filtered 100k-row table on every search is not worth it.
+    show_full_result_count = False
+    list_per_page = 50
+    ordering = ("-created_at", "-id")
+    fields = (
+        "status",
+        "provider",
+        "from_email",
+        "recipients",
+        "subject",
+        "message_id",
+        "size",
+        "priority",
+        "send_at",
+        "require_tls",
+        "idempotency_key",
+        "tags",
+        "metadata",
+        "attempt_count",
+        "next_attempt_at",
+        "last_error",
+        "created_at",
+        "sent_at",
+    )
+    readonly_fields = fields
+    actions = ["retry_now", "cancel_messages", "retry_other_provider", "retry_without_extensions"]
+    change_form_template = "admin/django_reliable_mail/outboundmessage/change_form.html"
+
+    # -- permissions ------------------------------------------------
+
+    def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
@@ -24,82 +125,250 @@ class ReadOnlyMixin:
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def has_retry_permission(self, request):
+        return request.user.has_perm(RETRY_PERMISSION)
 
-class RecipientStatusInline(ReadOnlyMixin, admin.TabularInline):
-    model = RecipientStatus
-    fields = ("address", "state", "reply_code", "reply_enhanced_code", "reply_text")
-    readonly_fields = fields
-    extra = 0
-
-
-class DeliveryAttemptInline(ReadOnlyMixin, admin.StackedInline):
-    model = DeliveryAttempt
-    fields = (
-        "number",
-        "outcome",
-        "provider",
-        "started_at",
-        "finished_at",
-        "host",
-        "port",
-        "peer_address",
-        "tls_version",
-        "tls_cipher",
-        "certificate_subject",
-        "auth_mechanism",
-        "extensions_advertised",
-        "extensions_used",
-        "mail_parameters",
-        "reply_code",
-        "reply_enhanced_code",
-        "reply_text",
-        "queue_id",
-        "error",
-        "provider_level",
-        "possible_duplicate",
-        "transcript_view",
-    )
-    readonly_fields = fields
-    extra = 0
-
-    @admin.display(description="transcript")
-    def transcript_view(self, obj):
-        # Server text is data: format_html_join escapes every line.
-        return format_html(
-            '<pre style="white-space:pre-wrap">{}</pre>',
-            format_html_join("\n", "{}", ((line,) for line in obj.transcript.splitlines())),
-        )
-
-
-@admin.register(OutboundMessage)
-class OutboundMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = (
-        "id",
-        "status",
-        "provider",
-        "subject",
-        "recipient_list",
-        "attempt_count",
-        "next_attempt_at",
-        "created_at",
-    )
-    list_filter = ("status", "provider")
-    search_fields = ("subject", "message_id", "from_email", "recipient_statuses__address")
-    exclude = ("mime",)
-    inlines = [RecipientStatusInline, DeliveryAttemptInline]
+    # -- list --------------------------------------------------------
 
     @admin.display(description="recipients")
     def recipient_list(self, obj):
-        return ", ".join(obj.recipients[:5]) + (" …" if len(obj.recipients) > 5 else "")
+        shown = ", ".join(obj.recipients[:3])
+        return shown + (f" (+{len(obj.recipients) - 3})" if len(obj.recipients) > 3 else "")
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return obj.last_error[:120]
+
+    # -- actions (POST from the changelist, CSRF-checked by the admin) ----------------------
+
+    def _actor(self, request):
+        return request.user.get_username()
+
+    @admin.action(description="Retry now", permissions=["retry"])
+    def retry_now(self, request, queryset):
+        done = operations.retry(queryset, actor=self._actor(request))
+        self.message_user(request, f"{len(done)} message(s) queued for another attempt.")
+
+    @admin.action(description="Cancel", permissions=["retry"])
+    def cancel_messages(self, request, queryset):
+        done = operations.cancel(queryset, actor=self._actor(request))
+        self.message_user(request, f"{len(done)} message(s) cancelled.")
+
+    @admin.action(description="Retry through another provider…", permissions=["retry"])
+    def retry_other_provider(self, request, queryset):
+        form = ProviderChoiceForm(request.POST if "provider" in request.POST else None)
+        if form.is_valid():
+            done = operations.retry(
+                queryset, actor=self._actor(request), provider=form.cleaned_data["provider"]
+            )
+            self.message_user(
+                request, f"{len(done)} message(s) queued through {form.cleaned_data['provider']}."
+            )
+            return None
+        return self._intermediate(
+            request, queryset, form, "retry_other_provider", "Retry through another provider"
+        )
+
+    @admin.action(description="Retry once without some extensions…", permissions=["retry"])
+    def retry_without_extensions(self, request, queryset):
+        form = DisableExtensionsForm(request.POST if "extensions" in request.POST else None)
+        if form.is_valid():
+            done = operations.retry(
+                queryset,
+                actor=self._actor(request),
+                disable_extensions=form.cleaned_data["extensions"],
+            )
+            self.message_user(
+                request,
+                f"{len(done)} message(s) queued without "
+                f"{', '.join(form.cleaned_data['extensions'])}.",
+            )
+            return None
+        return self._intermediate(
+            request,
+            queryset,
+            form,
+            "retry_without_extensions",
+            "Retry once without some extensions",
+        )
+
+    def _intermediate(self, request, queryset, form, action, title):
+        return TemplateResponse(
+            request,
+            "admin/django_reliable_mail/action_form.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": title,
+                "form": form,
+                "action": action,
+                "queryset": queryset,
+                "opts": self.model._meta,
+                "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+            },
+        )
+
+    # -- change page ------------------------------------------------
+
+    def get_urls(self):
+        info = self.model._meta.app_label, self.model._meta.model_name
+        wrap = self.admin_site.admin_view
+        return [
+            path("dashboard/", wrap(self.dashboard_view), name="{}_{}_dashboard".format(*info)),
+            path("<int:pk>/eml/", wrap(self.eml_view), name="{}_{}_eml".format(*info)),
+            path("<int:pk>/operate/", wrap(self.operate_view), name="{}_{}_operate".format(*info)),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        message = get_object_or_404(OutboundMessage, pk=object_id)
+        attempts = list(message.attempts.all())
+        for attempt in attempts:
+            attempt.transcript_rows = transcript_rows(attempt.transcript)
+            advertised = {line.split()[0] for line in attempt.extensions_advertised if line}
+            used = {line.split()[0] for line in attempt.extensions_used if line}
+            attempt.not_used = sorted(advertised - used)
+        context = {
+            "attempts": attempts,
+            "recipient_statuses": list(message.recipient_statuses.all()),
+            "events": list(message.events.all()),
+            "can_retry": self.has_retry_permission(request),
+            "can_view_body": request.user.has_perm(BODY_PERMISSION),
+            "providers": sorted(get_config().providers) if self._config_ok() else [],
+            "operate_url": reverse(
+                f"{self.admin_site.name}:django_reliable_mail_outboundmessage_operate",
+                args=[message.pk],
+            ),
+            "eml_url": reverse(
+                f"{self.admin_site.name}:django_reliable_mail_outboundmessage_eml",
+                args=[message.pk],
+            ),
+            "extension_choices": sorted(KNOWN_EXTENSIONS - {"AUTH", "STARTTLS"}),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @staticmethod
+    def _config_ok():
+        try:
+            get_config()
+        except ReliableMailConfigError:
+            return False
+        return True
+
+    @method_decorator(require_POST)
+    def operate_view(self, request, pk):
+        """The change page's buttons: retry, cancel, reroute, retry without extensions."""
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        message = get_object_or_404(OutboundMessage, pk=pk)
+        operation = request.POST.get("operation")
+        actor = self._actor(request)
+        try:
+            if operation == "retry":
+                done = operations.retry([message], actor=actor)
+            elif operation == "cancel":
+                done = operations.cancel([message], actor=actor)
+            elif operation == "reroute":
+                done = operations.retry(
+                    [message], actor=actor, provider=request.POST.get("provider") or None
+                )
+            elif operation == "disable":
+                done = operations.retry(
+                    [message], actor=actor, disable_extensions=request.POST.getlist("extensions")
+                )
+            else:
+                raise PermissionDenied("unknown operation")
+        except ReliableMailConfigError as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            done = []
+        if done:
+            self.message_user(request, f"Message {pk}: {operation} done.")
+        elif operation in ("retry", "cancel", "reroute", "disable"):
+            self.message_user(
+                request, f"Message {pk} is {message.status}; nothing to do.", level=messages.WARNING
+            )
+        return HttpResponseRedirect(
+            reverse(
+                f"{self.admin_site.name}:django_reliable_mail_outboundmessage_change", args=[pk]
+            )
+        )
+
+    def eml_view(self, request, pk):
+        if not request.user.has_perm(BODY_PERMISSION):
+            raise PermissionDenied
+        message = get_object_or_404(OutboundMessage, pk=pk)
+        response = HttpResponse(bytes(message.mime), content_type="message/rfc822")
+        response["Content-Disposition"] = f'attachment; filename="message-{message.pk}.eml"'
+        return response
+
+    def dashboard_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return TemplateResponse(
+            request,
+            "admin/django_reliable_mail/dashboard.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Reliable mail dashboard",
+                "opts": self.model._meta,
+                **dashboard_context(),
+            },
+        )
 
 
 @admin.register(FailedMessage)
 class FailedMessageAdmin(OutboundMessageAdmin):
+    list_filter = ("provider", ("created_at", admin.DateFieldListFilter))
+
     def get_queryset(self, request):
         return super().get_queryset(request).filter(status=OutboundMessage.Status.FAILED)
 
+    def get_urls(self):
+        return admin.ModelAdmin.get_urls(self)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # One change page for every message, wherever the list was opened.
+        return HttpResponseRedirect(
+            reverse(
+                f"{self.admin_site.name}:django_reliable_mail_outboundmessage_change",
+                args=[object_id],
+            )
+        )
+
 
 @admin.register(RetryingMessage)
-class RetryingMessageAdmin(OutboundMessageAdmin):
+class RetryingMessageAdmin(FailedMessageAdmin):
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(status=OutboundMessage.Status.RETRYING)
+        return admin.ModelAdmin.get_queryset(self, request).filter(
+            status=OutboundMessage.Status.RETRYING
+        )
+
+
+@admin.register(DeliveryAttempt)
+class DeliveryAttemptAdmin(admin.ModelAdmin):
+    """Attempts across messages: what failed, where, with which reply."""
+
+    list_display = (
+        "id",
+        "message_id",
+        "number",
+        "provider",
+        "outcome",
+        "reply_code",
+        "reply_enhanced_code",
+        "queue_id",
+        "started_at",
+    )
+    list_filter = ("outcome", "provider")
+    search_fields = ("=queue_id", "=message__message_id")
+    show_full_result_count = False
+    exclude = ("transcript",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,8 @@ from .smtp.pool import BatchOutcome, Job, send_batch
 from .smtp.transport import AttemptResult, Envelope
 
 logger = logging.getLogger(__name__)
+#: Message option set by an operator's "retry once without these extensions".
+DISABLE_ONCE = "disable_extensions_once"
 
 Status = OutboundMessage.Status
 State = RecipientStatus.State
@@ -286,23 +288,35 @@ def deliver_due(
     summary = RunSummary()
     messages = claim(config=config, provider=provider, ids=ids, limit=limit)
     summary.claimed = len(messages)
-    groups: dict[tuple[str, str | None], list[OutboundMessage]] = {}
+    groups: dict[tuple[str, str | None, tuple[str, ...]], list[OutboundMessage]] = {}
     for message in messages:
-        mailer = (message.options or {}).get("mailer")
-        groups.setdefault((message.provider, mailer), []).append(message)
-    for (name, mailer), group in groups.items():
+        options = message.options or {}
+        key = (message.provider, options.get("mailer"), tuple(options.get(DISABLE_ONCE, ())))
+        groups.setdefault(key, []).append(message)
+    for (name, mailer, disable_once), group in groups.items():
         group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
-        summary.add(_deliver_group(name, group, config=group_config))
+        summary.add(_deliver_group(name, group, config=group_config, disable_once=disable_once))
     return summary
 
 
-def _deliver_group(name: str, messages: list[OutboundMessage], *, config: Config) -> RunSummary:
+def _deliver_group(
+    name: str,
+    messages: list[OutboundMessage],
+    *,
+    config: Config,
+    disable_once: tuple[str, ...] = (),
+) -> RunSummary:
     summary = RunSummary()
     provider = config.provider(name)
     server = provider.server_settings(
         transcript_max_chars=config.transcript_max_chars,
         record=config.transcripts != "never",
     )
+    if disable_once:
+        # An operator's "retry once without these extensions".
+        server = replace(
+            server, disable_extensions=server.disable_extensions | frozenset(disable_once)
+        )
 
     async def run(bridge: SyncBridge) -> BatchOutcome:
         def marker(message_id: int):
@@ -557,6 +571,8 @@ def _advance(
     if not result.provider_level:
         message.attempt_count = F("attempt_count") + 1
     message.lease_expires_at = None
+    if DISABLE_ONCE in (message.options or {}):
+        message.options = {k: v for k, v in message.options.items() if k != DISABLE_ONCE}
     message.claim_token = ""
     message.body_started_at = None
     message.last_error = result.error
@@ -598,6 +614,7 @@ def _advance(
             "lease_expires_at",
             "claim_token",
             "body_started_at",
+            "options",
             "last_error",
             "sent_at",
             "next_attempt_at",

@@ -160,6 +160,22 @@ class RecipientStatus(models.Model):
         return f"{self.address}: {self.state}"
 
 
+class MessageEvent(models.Model):
+    """Something an operator (or a command) did to a message: the audit trail."""
+
+    message = models.ForeignKey(OutboundMessage, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True)
+    actor = models.CharField(max_length=150, help_text="user name, or the command that acted")
+    action = models.CharField(max_length=50)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["message", "at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 class ProviderState(models.Model):
     """Shared across workers and hosts: a provider's health and its rate-limit clock."""
 

@@ -252,8 +252,12 @@ def test_routes_by_sender_domain(smtp_server, django_capture_on_commit_callbacks
         ({}, {"provider": "nowhere"}, UnknownProviderError, "Unknown provider 'nowhere'"),
         ({}, {"priorty": 1}, InvalidMessageError, "unknown option(s) 'priorty'"),
         ({}, {"dsn_notify": ["SOMETIMES"]}, InvalidMessageError, "dsn_notify"),
-        ({"headers": {"X-Injected": "a\nBcc: x@example.com"}}, None, InvalidMessageError,
-         "cannot be serialized"),
+        (
+            {"headers": {"X-Injected": "a\nBcc: x@example.com"}},
+            None,
+            InvalidMessageError,
+            "cannot be serialized",
+        ),
     ],
 )
 def test_bad_input_is_refused_at_send_time_and_nothing_is_stored(kwargs, options, error, text):
