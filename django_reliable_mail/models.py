@@ -140,7 +140,7 @@ class RecipientStatus(models.Model):
     message = models.ForeignKey(
         OutboundMessage, on_delete=models.CASCADE, related_name="recipient_statuses"
     )
-    address = models.CharField(max_length=320)
+    address = models.CharField(max_length=320, db_index=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     reply_code = models.PositiveSmallIntegerField(null=True, blank=True)
     reply_enhanced_code = models.CharField(max_length=16, blank=True)

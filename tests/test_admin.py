@@ -145,6 +145,7 @@ def test_dashboard_figures_and_chart(admin_client):
     make_message()
     page = admin_client.get(url("outboundmessage_dashboard")).content.decode()
     assert 'id="chart-24h"' in page and 'id="chart-30d"' in page
+    assert page.count(": 1 attempts, 1 failed</title>") == 2  # this hour and today
     assert "550 5.7.1" in page
     assert "0.0% of 1 attempts" in page
     assert "https://" not in page.split('id="content-main"')[1]  # no CDN: works offline
