@@ -138,9 +138,9 @@ def main() -> None:
             f"filled {args.messages} messages, {3 * args.messages} attempts in "
             f"{time.perf_counter() - started:.1f} s"
         )
-        print("| view | median ms | min–max ms | queries |\n|---|---|---|---|")
+        print("| view | median ms | min-max ms | queries |\n|---|---|---|---|")
         for name, median, low, high, queries in measure(args.repeat):
-            print(f"| {name} | {median:.1f} | {low:.1f}–{high:.1f} | {queries} |")
+            print(f"| {name} | {median:.1f} | {low:.1f}-{high:.1f} | {queries} |")
 
 
 if __name__ == "__main__":
