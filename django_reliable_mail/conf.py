@@ -80,7 +80,7 @@ RETRY_DEFAULTS: dict[str, Any] = {
     "MAX_AGE_SECONDS": 86400,
     "JITTER": 0.2,
 }
-RULE_KEYS = ("CODE", "ENHANCED", "TEXT", "OUTCOME", "RETRY_AFTER", "DESCRIPTION")
+RULE_KEYS = ("CODE", "ENHANCED", "TEXT", "OUTCOME", "RETRY_AFTER", "PAUSE_PROVIDER", "DESCRIPTION")
 DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "opportunistic": 25, "none": 25}
 RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -148,6 +148,7 @@ class ProviderConfig:
             local_hostname=self.local_hostname,
             allow_plaintext_auth=self.allow_plaintext_auth,
             reply_rules=self.reply_rules,
+            max_recipients=self.max_recipients,
             transcript_max_chars=transcript_max_chars,
             record_transcript=record,
         )
@@ -756,6 +757,10 @@ def _reply_rules(v: _Validator, value: Any, keys: tuple[Any, ...]) -> tuple[Repl
                 + ".",
             )
             bad = True
+        pause = rule.get("PAUSE_PROVIDER", False)
+        if not isinstance(pause, bool):
+            v.error("E020", f"{v.path(*here, 'PAUSE_PROVIDER')} must be True or False.")
+            bad = True
         retry_after = rule.get("RETRY_AFTER")
         if retry_after is not None and not v.positive(retry_after, *here, "RETRY_AFTER"):
             bad = True
@@ -768,6 +773,7 @@ def _reply_rules(v: _Validator, value: Any, keys: tuple[Any, ...]) -> tuple[Repl
                     text=text,
                     retry_after_seconds=int(retry_after) if retry_after is not None else None,
                     description=str(rule.get("DESCRIPTION", "")),
+                    pause_provider=pause is True,
                 )
             )
     return tuple(rules)

@@ -350,12 +350,14 @@ def _deliver_group(
         record(message, result, provider=provider, config=config)
         summary.attempts += 1
         _count(summary, message.status)
-        if result.provider_level:
+        if result.provider_level or result.pause_provider:
             provider_failure = result
     untouched = [job.key for job in batch.untouched]
     if provider_failure is not None:
         until = throttle.mark_degraded(
-            name, provider_failure.error, hint_seconds=provider_failure.retry_after_seconds
+            name,
+            provider_failure.pause_reason or provider_failure.error,
+            hint_seconds=provider_failure.retry_after_seconds,
         )
         summary.released = release(untouched, until=until, reason=provider_failure.error)
     else:

@@ -94,6 +94,8 @@ class ReplyRule:
     text: str = ""
     retry_after_seconds: int | None = None
     description: str = ""
+    #: Also pause the provider (e.g. a permanent sender-configuration error).
+    pause_provider: bool = False
 
     def matches(self, reply: Reply) -> bool:
         if self.code and not _code_matches(self.code, reply.code):

@@ -78,7 +78,7 @@ async def send_batch(
                         await asyncio.sleep(wait)
                 result = await session.send(job.envelope, before_body=job.before_body)
                 outcome.results.append((job, result))
-                if result.provider_level:
+                if result.provider_level or result.pause_provider:
                     provider_failed.set()
                 if not session.is_open:
                     await session.close()

@@ -62,6 +62,8 @@ class ServerSettings:
     local_hostname: str | None = None
     allow_plaintext_auth: bool = False
     reply_rules: tuple[ReplyRule, ...] = ()
+    #: The provider's own recipients-per-transaction limit (besides the server's RCPTMAX).
+    max_recipients: int | None = None
     transcript_max_chars: int = 64 * 1024
     record_transcript: bool = True
 
@@ -123,6 +125,10 @@ class AttemptResult:
     error: str = ""
     #: The failure is the provider's, not the message's: do not count it against the message.
     provider_level: bool = False
+    #: A reply rule asked to pause the provider although this message's outcome stands.
+    pause_provider: bool = False
+    #: Why, for the provider's status (the rule's description, else the reply).
+    pause_reason: str = ""
     retry_after_seconds: int | None = None
     body_sent: bool = False
     transcript: str = ""
@@ -569,7 +575,8 @@ class SMTPSession:
         mail_params, rcpt_params = self._parameters(envelope)
         result.mail_parameters = mail_params
         result.rcpt_parameters = rcpt_params
-        chunk_size = caps.rcpt_max or len(pending) or 1
+        limits = [n for n in (caps.rcpt_max, self.settings.max_recipients) if n]
+        chunk_size = min(limits) if limits else max(len(pending), 1)
         chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
         try:
             for index, chunk in enumerate(chunks):
@@ -729,6 +736,11 @@ class SMTPSession:
         }[classification.verdict]
         if classification.verdict == Verdict.PROVIDER:
             result.provider_level = True
+        if classification.rule is not None and (
+            classification.rule.pause_provider or classification.verdict == Verdict.PROVIDER
+        ):
+            result.pause_provider = True
+            result.pause_reason = classification.rule.description or str(reply)
         if classification.retry_after_seconds is not None:
             result.retry_after_seconds = classification.retry_after_seconds
         if result.reply_code is None or stage != "rcpt":
