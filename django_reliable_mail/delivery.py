@@ -24,7 +24,7 @@ from . import signals, throttle
 from .bridge import SyncBridge
 from .conf import Config, ProviderConfig, config_for_mailer, get_config
 from .exceptions import InvalidMessageError
-from .models import DeliveryAttempt, OutboundMessage, RecipientStatus
+from .models import DeliveryAttempt, MessageEvent, OutboundMessage, RecipientStatus
 from .options import DeliveryOptions, options_of
 from .retry import retry_delay, should_give_up
 from .serialize import SerializedMessage, serialize
@@ -194,6 +194,7 @@ def claim(
     read back by it, so a worker only ever sees the rows it won.
     """
     now = now or timezone.now()
+    fail_over(config=config, now=now)
     token = uuid.uuid4().hex
     lease = now + timedelta(seconds=config.lease_seconds)
     due = due_messages(now=now, provider=provider, ids=ids).order_by(
@@ -219,6 +220,45 @@ def claim(
         .order_by("-priority", "next_attempt_at", "id")
         .prefetch_related("recipient_statuses")
     )
+
+
+def fail_over(*, config: Config, now: datetime | None = None) -> int:
+    """Move waiting messages of paused providers to their FALLBACK (if that one is up).
+
+    Each moved message gets a ``failover`` event; its next attempt records the fallback as
+    the provider that carried it.
+    """
+    now = now or timezone.now()
+    paused = throttle.degraded_providers(now)
+    moved = 0
+    for name in paused:
+        provider = config.providers.get(name)
+        fallback = provider.fallback if provider else None
+        if not fallback or fallback in paused:
+            continue
+        with transaction.atomic():
+            waiting = list(
+                OutboundMessage.objects.filter(
+                    provider=name, status__in=(Status.QUEUED, Status.RETRYING)
+                ).values_list("pk", flat=True)
+            )
+            if not waiting:
+                continue
+            OutboundMessage.objects.filter(
+                pk__in=waiting, status__in=(Status.QUEUED, Status.RETRYING)
+            ).update(provider=fallback, next_attempt_at=now, updated_at=now)
+            MessageEvent.objects.bulk_create(
+                MessageEvent(
+                    message_id=pk,
+                    actor="failover",
+                    action="reroute",
+                    detail=f"provider {name!r} is paused; sent through fallback {fallback!r}",
+                )
+                for pk in waiting
+            )
+        moved += len(waiting)
+        logger.warning("failover: %s message(s) moved from %s to %s", len(waiting), name, fallback)
+    return moved
 
 
 def release(messages: Iterable[OutboundMessage], *, until: datetime, reason: str = "") -> int:
@@ -360,6 +400,7 @@ def _deliver_group(
             hint_seconds=provider_failure.retry_after_seconds,
         )
         summary.released = release(untouched, until=until, reason=provider_failure.error)
+        fail_over(config=config)
     else:
         if any(r.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL) for _, r in batch.results):
             throttle.mark_healthy(name)

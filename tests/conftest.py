@@ -40,3 +40,24 @@ def smtp_server(tls):
     yield start
     for server in started:
         server.stop()
+
+
+def end_other_sessions():
+    """PostgreSQL: terminate other sessions on the test database (killed workers, live
+    server threads), which would otherwise block DROP DATABASE at the end of the run."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_lingering_sessions(django_db_setup, django_db_blocker):
+    yield
+    with django_db_blocker.unblock():
+        end_other_sessions()

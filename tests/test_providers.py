@@ -67,7 +67,7 @@ def test_ses_region_and_overrides_win():
 
 def rule_cases():
     for name in ALL:
-        for index, rule in enumerate(PRESETS[name].get("REPLY_RULES", [])):
+        for index in range(len(PRESETS[name].get("REPLY_RULES", []))):
             yield pytest.param(name, index, id=f"{name}-{index}")
 
 

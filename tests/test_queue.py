@@ -13,7 +13,12 @@ from django_reliable_mail import delivery, tasks
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.checks import check_q_cluster
 from django_reliable_mail.conf import get_config
-from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
+from django_reliable_mail.models import (
+    DeliveryAttempt,
+    MessageEvent,
+    OutboundMessage,
+    ProviderState,
+)
 
 from .helpers import PASSWORD
 from .test_backend import message, provider_for
@@ -302,3 +307,38 @@ def test_q_cluster_checks(settings):
         "catch_up": False,
     }
     assert [m.id for m in check_q_cluster()] == ["reliable_mail.W011"]
+
+
+def test_failover_to_the_fallback_provider(smtp_server, tls, settings):
+    primary = smtp_server(tls="starttls", users={"app": PASSWORD})
+    backup = smtp_server()
+    settings.RELIABLE_MAIL = {
+        "DEFAULT_PROVIDER": "primary",
+        "MODE": "queue",
+        "PROVIDERS": {
+            "primary": provider_for(
+                primary,
+                tls[1],
+                USERNAME="app",
+                PASSWORD="expired",
+                MAX_CONNECTIONS=1,
+                FALLBACK="backup",
+            ),
+            "backup": provider_for(backup),
+        },
+    }
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(3)])
+    first = delivery.deliver_due()
+    assert first.attempts == 1 and first.released == 2
+    assert set(OutboundMessage.objects.values_list("provider", flat=True)) == {"backup"}
+    second = delivery.deliver_due()
+    assert second.sent == 3 and len(backup.messages) == 3 and primary.messages == []
+    carried = list(
+        DeliveryAttempt.objects.order_by("message_id", "number").values_list(
+            "message__subject", "provider", "outcome"
+        )
+    )
+    assert carried[:2] == [("m0", "primary", "config_error"), ("m0", "backup", "accepted")]
+    assert {p for _, p, _ in carried[2:]} == {"backup"}
+    assert MessageEvent.objects.filter(actor="failover").count() == 3

@@ -38,18 +38,12 @@ MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.MULTILINE | re.IGNORECASE)
 
 @pytest.fixture(autouse=True)
 def _workers_gone():
-    """A SIGKILLed worker's database session ends a moment after the process: wait for it,
-    so that nothing holds the test database when it is dropped."""
+    """A SIGKILLed worker's database session ends a moment after the process; end any that
+    linger, so that nothing holds the test database when it is dropped."""
     yield
-    with connection.cursor() as cursor:
-        for _ in range(200):
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0] == 0:
-                return
-            time.sleep(0.05)
+    from .conftest import end_other_sessions
+
+    end_other_sessions()
 
 
 def config_for(server, **provider):
