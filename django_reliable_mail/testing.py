@@ -139,6 +139,7 @@ class _Handler:
         return kept
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.server.mail_at.append(time.time())
         if self.server.mail_reply:
             return self.server.mail_reply
         envelope.mail_from = address
@@ -265,7 +266,8 @@ class LoopbackSMTPServer:
         self.greylisted: set[str] = set()
         self.reply_delay = reply_delay
         self.log = ServerLog()
-        #: Wall-clock time of every message the server accepted, for rate measurements.
+        #: Wall-clock times of every MAIL command and every accepted message (rates).
+        self.mail_at: list[float] = []
         self.accepted_at: list[float] = []
         self.host = "127.0.0.1"
         self.port = port or free_port()

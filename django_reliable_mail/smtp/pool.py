@@ -53,13 +53,22 @@ async def send_batch(
 
     async def run_connection() -> None:
         session: SMTPSession | None = None
+        last: AttemptResult | None = None
+
+        async def close() -> None:
+            # The QUIT belongs in the transcript of the connection's last message.
+            assert session is not None
+            await session.close()
+            if last is not None:
+                last.transcript = session.transcript.render()
+
         try:
             while queue and not provider_failed.is_set():
                 job = queue.popleft()
                 if session is None or not session.can_take(max_messages_per_connection):
                     if session is not None:
-                        await session.close()
-                    session = SMTPSession(settings)
+                        await close()
+                    session, last = SMTPSession(settings), None
                     outcome.connections += 1
                     try:
                         await session.open()
@@ -78,14 +87,15 @@ async def send_batch(
                         await asyncio.sleep(wait)
                 result = await session.send(job.envelope, before_body=job.before_body)
                 outcome.results.append((job, result))
+                last = result
                 if result.provider_level or result.pause_provider:
                     provider_failed.set()
                 if not session.is_open:
-                    await session.close()
+                    await close()
                     session = None
         finally:
             if session is not None:
-                await session.close()
+                await close()
 
     await asyncio.gather(
         *(run_connection() for _ in range(max(1, min(max_connections, len(jobs)))))
