@@ -137,6 +137,9 @@ def test_delivery_matches_postfix_own_log(
     )
     theirs = {k: int(v) for k, v in (item.split("=") for item in disconnect.group(1).split())}
     assert theirs == dict(client_commands(attempt.transcript))
+    # Postfix advertises PIPELINING, and we pipelined MAIL/RCPT/DATA: it had no complaint.
+    assert "PIPELINING" in " ".join(attempt.extensions_used)
+    assert "improper command pipelining" not in postfix.log()
     assert postfix.password not in attempt.transcript
 
 

@@ -371,3 +371,90 @@ def assert_no_secret(result, password, username):
         assert plain not in text
         assert base64.b64encode(password.encode()).decode() not in text
     assert "[redacted]" in result.transcript
+
+
+# -- PIPELINING (RFC 2920) -----------------------------------------------
+
+
+def client_server_order(transcript):
+    return [
+        line.split("] ")[1][:1]
+        for line in transcript.splitlines()
+        if "] C:" in line or "] S:" in line
+    ]
+
+
+async def test_pipelining_sends_the_envelope_in_one_go(smtp_server):
+    server = smtp_server(extensions=["PIPELINING"])
+    result = await deliver(
+        settings_for(server), envelope(recipients=["a@example.com", "b@example.com"])
+    )
+    assert result.outcome == Outcome.ACCEPTED
+    lines = [
+        line.split(": ", 1)[1]
+        for line in result.transcript.splitlines()
+        if "] C: " in line or "] S: " in line
+    ]
+    start = lines.index("MAIL FROM:<a@example.com>")
+    assert lines[start : start + 7] == [
+        "MAIL FROM:<a@example.com>",
+        "RCPT TO:<a@example.com>",
+        "RCPT TO:<b@example.com>",
+        "DATA",
+        "250 2.1.0 Sender OK",
+        "250 2.1.5 Recipient OK",
+        "250 2.1.5 Recipient OK",
+    ]
+    assert server.messages[0].rcpt_tos == ["a@example.com", "b@example.com"]
+
+
+async def test_pipelining_with_refusals(smtp_server):
+    def rcpt(address):
+        return "550 5.1.1 No such user" if address.startswith("gone") else None
+
+    server = smtp_server(extensions=["PIPELINING"], rcpt_reply=rcpt)
+    result = await deliver(
+        settings_for(server), envelope(recipients=["ok@example.com", "gone@example.com"])
+    )
+    assert result.outcome == Outcome.PARTIAL
+    assert server.messages[0].rcpt_tos == ["ok@example.com"]
+    all_gone = await deliver(settings_for(server), envelope(recipients=["gone@example.com"]))
+    assert all_gone.outcome == Outcome.PERMANENT_FAILURE
+    assert all_gone.recipients["gone@example.com"].code == 550
+    refused = smtp_server(extensions=["PIPELINING"], mail_reply="553 5.7.1 Sender refused")
+    result = await deliver(settings_for(refused), envelope(recipients=["a@example.com"]))
+    assert result.outcome == Outcome.PERMANENT_FAILURE
+    assert result.recipients["a@example.com"].code == 553  # not the RCPT's "need MAIL"
+
+
+async def test_pipelining_can_be_disabled(smtp_server):
+    server = smtp_server(extensions=["PIPELINING"])
+    result = await deliver(
+        settings_for(server, disable_extensions=frozenset({"PIPELINING"})), envelope()
+    )
+    order = client_server_order(result.transcript)
+    mail_at = next(i for i, line in enumerate(result.transcript.splitlines()) if "C: MAIL" in line)
+    assert result.outcome == Outcome.ACCEPTED
+    assert "S: 250 2.1.0" in result.transcript.splitlines()[mail_at + 1]
+    assert order.count("C") >= 4
+
+
+async def test_reused_connection_resets_only_after_an_aborted_transaction(smtp_server):
+    from django_reliable_mail.smtp import SMTPSession
+
+    server = smtp_server(
+        extensions=["PIPELINING"],
+        rcpt_reply=lambda a: "450 4.2.1 busy" if a.startswith("busy") else None,
+    )
+    session = SMTPSession(settings_for(server))
+    await session.open()
+    try:
+        first = await session.send(envelope(recipients=["busy@example.com"]))
+        second = await session.send(envelope(recipients=["ok@example.com"]))
+        third = await session.send(envelope(recipients=["ok2@example.com"]))
+    finally:
+        await session.close()
+    assert first.outcome == Outcome.TRANSIENT_FAILURE
+    assert second.outcome == third.outcome == Outcome.ACCEPTED
+    assert server.log.commands.count("RSET") == 1
+    assert "C: RSET" in second.transcript and "C: RSET" not in third.transcript

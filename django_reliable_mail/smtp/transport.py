@@ -39,6 +39,7 @@ from .transcript import REDACTED, Transcript
 
 TLS_MODES = ("implicit", "starttls", "opportunistic", "none")
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+_CONTROL_CHARACTERS = re.compile(rb"[\x00-\x1f\x7f]")
 
 #: A token provider for XOAUTH2: called with ``username=`` and ``force_refresh=``; may be
 #: sync or async; returns the access token.
@@ -256,6 +257,8 @@ class SMTPSession:
         self.auth_mechanism = ""
         self.messages_sent = 0
         self.transactions = 0
+        #: A transaction was started and not finished: RSET before the next one.
+        self._dirty = False
         self._before_body: Callable[[], Awaitable[None]] | None = None
         # True between writing a body and reading its final reply: a connection lost then
         # leaves the message's fate unknown.
@@ -543,7 +546,8 @@ class SMTPSession:
             self.transcript.event(f"reusing connection (message {self.messages_sent + 1})")
             assert self.smtp is not None
             self.smtp.transcript = self.transcript
-            await self._reset()
+            if self._dirty:
+                await self._reset()
         self.messages_sent += 1
         try:
             await self._transactions(envelope, result)
@@ -556,6 +560,7 @@ class SMTPSession:
         assert self.smtp is not None
         try:
             await self.smtp.execute_command(b"RSET")
+            self._dirty = False
         except (aiosmtplib.SMTPException, OSError):
             pass
 
@@ -579,8 +584,8 @@ class SMTPSession:
         chunk_size = min(limits) if limits else max(len(pending), 1)
         chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
         try:
-            for index, chunk in enumerate(chunks):
-                if index:
+            for chunk in chunks:
+                if self._dirty:
                     await self._reset()
                 await self._transaction(envelope, chunk, mail_params, rcpt_params, result)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
@@ -673,23 +678,35 @@ class SMTPSession:
         for address in recipients:
             result.recipients[address] = RecipientResult(address, "pending")
         self.transactions += 1
-
-        mail = await self.smtp.execute_command(
-            b"MAIL",
-            b"FROM:<" + envelope.sender.encode(encoding) + b">",
-            *(p.encode("ascii") for p in mail_params),
+        mail_line = b" ".join(
+            [
+                b"MAIL",
+                b"FROM:<" + envelope.sender.encode(encoding) + b">",
+                *(p.encode("ascii") for p in mail_params),
+            ]
         )
+        rcpt_lines = [
+            b" ".join(
+                [
+                    b"RCPT",
+                    b"TO:<" + address.encode(encoding) + b">",
+                    *(p.encode("ascii") for p in rcpt_params),
+                ]
+            )
+            for address in recipients
+        ]
+        self._dirty = True
+        if self.capabilities.has("PIPELINING"):
+            mail, rcpts, start = await self._pipelined_envelope(mail_line, rcpt_lines)
+        else:
+            mail, rcpts, start = await self._sequential_envelope(mail_line, rcpt_lines)
+
         if mail.code != 250:
+            # Pipelined RCPT/DATA replies after a refused MAIL only say "need MAIL first".
             self._fail_all(recipients, result, Reply(mail.code, mail.message), "mail", rules)
             return
-
         accepted: list[str] = []
-        for address in recipients:
-            reply = await self.smtp.execute_command(
-                b"RCPT",
-                b"TO:<" + address.encode(encoding) + b">",
-                *(p.encode("ascii") for p in rcpt_params),
-            )
+        for address, reply in zip(recipients, rcpts, strict=True):
             if reply.code in (250, 251):
                 accepted.append(address)
                 result.recipients[address] = RecipientResult(
@@ -698,16 +715,15 @@ class SMTPSession:
             else:
                 self._fail_all([address], result, Reply(reply.code, reply.message), "rcpt", rules)
         if not accepted:
-            await self._reset()
             return
-
-        start = await self.smtp.execute_command(b"DATA")
+        assert start is not None
         if start.code != 354:
             self._fail_all(accepted, result, Reply(start.code, start.message), "data", rules)
             return
         if self._before_body is not None:
             await self._before_body()
         final = await self._send_body(envelope.data, result)
+        self._dirty = False  # the final reply ends the transaction, whatever it says
         reply = Reply(final.code, final.message)
         result.reply_code, result.reply_text = final.code, final.message
         if final.code == 250:
@@ -718,6 +734,83 @@ class SMTPSession:
                 )
         else:
             self._fail_all(accepted, result, reply, "data", rules)
+
+    async def _sequential_envelope(
+        self, mail_line: bytes, rcpt_lines: list[bytes]
+    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse | None]:
+        """MAIL, each RCPT, DATA: one round trip each."""
+        assert self.smtp is not None
+        mail = await self.smtp.execute_command(*mail_line.split(b" "))
+        if mail.code != 250:
+            return mail, [], None
+        rcpts = [await self.smtp.execute_command(*line.split(b" ")) for line in rcpt_lines]
+        if not any(r.code in (250, 251) for r in rcpts):
+            return mail, rcpts, None
+        return mail, rcpts, await self.smtp.execute_command(b"DATA")
+
+    async def _pipelined_envelope(
+        self, mail_line: bytes, rcpt_lines: list[bytes]
+    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse | None]:
+        """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order.
+
+        aiosmtplib has no pipelining; this uses its protocol object the way its own
+        ``execute_command`` does (the command lock, the pending-reply flag), reading each
+        reply in turn, including replies that arrived together in one segment.
+        """
+        lines = [mail_line, *rcpt_lines, b"DATA"]
+        replies = await self._pipeline(lines)
+        mail, rcpts, start = replies[0], replies[1:-1], replies[-1]
+        accepted = mail.code == 250 and any(r.code in (250, 251) for r in rcpts)
+        if start.code == 354 and not accepted:
+            # The server opened DATA although nothing can be delivered: end it empty.
+            await self._pipeline([b"."])
+            return mail, rcpts, None
+        return mail, rcpts, (start if accepted else None)
+
+    async def _pipeline(self, lines: list[bytes]) -> list[SMTPResponse]:
+        assert self.smtp is not None and self.smtp.protocol is not None
+        protocol = self.smtp.protocol
+        for line in lines:
+            if _CONTROL_CHARACTERS.search(line):
+                raise ValueError("command contains a prohibited control character")
+        lock = protocol._command_lock
+        if lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        async with lock:
+            protocol._response_pending = True
+            protocol.write(b"".join(line + b"\r\n" for line in lines))
+            for line in lines:
+                self.transcript.client(line.decode("utf-8", "replace"))
+            replies = []
+            try:
+                for _ in lines:
+                    reply = await self._next_reply(protocol)
+                    self.transcript.server(reply.code, reply.message)
+                    replies.append(reply)
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+                self.transcript.event(
+                    "timed out waiting for a reply"
+                    if isinstance(exc, aiosmtplib.SMTPTimeoutError)
+                    else "connection lost"
+                )
+                raise
+            finally:
+                protocol._response_pending = False
+        return replies
+
+    async def _next_reply(self, protocol: Any) -> SMTPResponse:
+        # Several pipelined replies can arrive in one segment; aiosmtplib parses only the
+        # first of them, so the rest may already wait in its buffer.
+        waiter = protocol._response_waiter
+        if waiter is not None and not waiter.done() and protocol._buffer:
+            parsed = protocol._read_response_from_buffer()
+            if parsed is not None:
+                return parsed
+        try:
+            return await protocol.read_response(timeout=self.settings.timeout)
+        finally:
+            # Keep accepting the replies still to come (aiosmtplib drops unsolicited data).
+            protocol._response_pending = True
 
     def _fail_all(
         self,
