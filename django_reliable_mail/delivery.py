@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from . import signals, throttle
@@ -33,6 +33,8 @@ from .smtp.pool import BatchOutcome, Job, send_batch
 from .smtp.transport import AttemptResult, Envelope
 
 logger = logging.getLogger(__name__)
+#: How many messages one ``body_started_at`` commit covers (see _BodyMarker).
+BODY_MARK_WINDOW = 16
 #: Message option set by an operator's "retry once without these extensions".
 DISABLE_ONCE = "disable_extensions_once"
 
@@ -272,6 +274,7 @@ def release(messages: Iterable[OutboundMessage], *, until: datetime, reason: str
             next_attempt_at=until,
             lease_expires_at=None,
             claim_token="",
+            body_started_at=None,
             last_error=reason or message.last_error,
         )
     return released
@@ -294,8 +297,35 @@ def envelope_for(message: OutboundMessage) -> Envelope:
     )
 
 
-def _mark_body_started(message_id: int) -> None:
-    OutboundMessage.objects.filter(pk=message_id).update(body_started_at=timezone.now())
+def _mark_body_started(message_ids: list[int]) -> None:
+    OutboundMessage.objects.filter(pk__in=message_ids).update(body_started_at=timezone.now())
+
+
+class _BodyMarker:
+    """Commits ``body_started_at`` before a body goes out, for a window of messages at once.
+
+    The marker must be durable before the bytes leave; one commit per message would cost a
+    round trip each. Marking the next few messages of the batch together is cheaper, and
+    errs on the safe side: after a crash, a marked message that was never sent is recorded
+    as ``unknown`` (possibly delivered) and retried, never silently dropped.
+    """
+
+    def __init__(self, bridge: SyncBridge, order: list[int], window: int = BODY_MARK_WINDOW):
+        self.bridge = bridge
+        self.order = order
+        self.window = window
+        self.marked: set[int] = set()
+
+    def before_body_of(self, message_id: int) -> Callable[[], Awaitable[None]]:
+        async def mark() -> None:
+            if message_id in self.marked:
+                return
+            ahead = [pk for pk in self.order if pk not in self.marked and pk != message_id]
+            ids = [message_id, *ahead[: self.window - 1]]
+            self.marked.update(ids)
+            await self.bridge.call(_mark_body_started, ids)
+
+        return mark
 
 
 @dataclass
@@ -359,10 +389,8 @@ def _deliver_group(
         )
 
     async def run(bridge: SyncBridge) -> BatchOutcome:
-        def marker(message_id: int):
-            return lambda: bridge.call(_mark_body_started, message_id)
-
-        jobs = [Job(m, envelope_for(m), marker(m.pk)) for m in messages]
+        marker = _BodyMarker(bridge, [m.pk for m in messages])
+        jobs = [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in messages]
         reserve = None
         if provider.rate_limit is not None:
             limit = provider.rate_limit
@@ -385,11 +413,12 @@ def _deliver_group(
     batch = SyncBridge().run(run)
     summary.connections = batch.connections
     provider_failure = None
+    record_batch(
+        [(job.key, result) for job, result in batch.results], provider=provider, config=config
+    )
     for job, result in batch.results:
-        message = job.key
-        record(message, result, provider=provider, config=config)
         summary.attempts += 1
-        _count(summary, message.status)
+        _count(summary, job.key.status)
         if result.provider_level or result.pause_provider:
             provider_failure = result
     untouched = [job.key for job in batch.untouched]
@@ -521,6 +550,21 @@ _STATE_OF = {
 }
 
 
+MESSAGE_FIELDS = [
+    "status",
+    "attempt_count",
+    "lease_expires_at",
+    "claim_token",
+    "body_started_at",
+    "options",
+    "last_error",
+    "sent_at",
+    "next_attempt_at",
+    "updated_at",
+]
+RECIPIENT_FIELDS = ["state", "reply_code", "reply_enhanced_code", "reply_text", "attempt"]
+
+
 def record(
     message: OutboundMessage,
     result: AttemptResult,
@@ -529,78 +573,132 @@ def record(
     config: Config,
     now: datetime | None = None,
 ) -> DeliveryAttempt:
-    """Store the attempt and move the message on: sent, retrying, held or failed."""
+    """Store one attempt and move its message on (see :func:`record_batch`)."""
+    return record_batch([(message, result)], provider=provider, config=config, now=now)[0]
+
+
+def record_batch(
+    items: Sequence[tuple[OutboundMessage, AttemptResult]],
+    *,
+    provider: ProviderConfig,
+    config: Config,
+    now: datetime | None = None,
+) -> list[DeliveryAttempt]:
+    """Store a batch of attempts and move each message on: sent, retrying, held or failed.
+
+    One transaction and a handful of statements for the whole batch (bulk insert of the
+    attempts, bulk updates of recipients and messages), not a commit per message.
+    """
     now = now or timezone.now()
+    ids = [message.pk for message, _ in items]
+    with transaction.atomic():
+        current = {
+            pk: (status, token)
+            for pk, status, token in OutboundMessage.objects.filter(pk__in=ids).values_list(
+                "pk", "status", "claim_token"
+            )
+        }
+        history = {
+            row["message_id"]: row
+            for row in DeliveryAttempt.objects.filter(message_id__in=ids)
+            .values("message_id")
+            .annotate(n=Count("id"), unknown=Count("id", filter=Q(outcome=Outcome.UNKNOWN)))
+            .order_by()
+        }
+        attempts, overtaken = [], set()
+        for message, result in items:
+            status_now, token_now = current[message.pk]
+            # A worker slower than its lease: the message was recovered and claimed again.
+            # The attempt happened and is stored; the message belongs to the new claim.
+            if status_now == Status.SENDING and token_now != message.claim_token:
+                overtaken.add(message.pk)
+            past = history.get(message.pk, {"n": 0, "unknown": 0})
+            attempts.append(
+                _attempt_row(
+                    message,
+                    result,
+                    number=past["n"] + 1,
+                    possible_duplicate=result.outcome == Outcome.UNKNOWN
+                    or bool(past["unknown"])
+                    or message.pk in overtaken,
+                    provider=provider,
+                    config=config,
+                )
+            )
+        DeliveryAttempt.objects.bulk_create(attempts)
+        changed_recipients, changed_messages = [], []
+        for (message, result), attempt in zip(items, attempts, strict=True):
+            statuses = {s.address: s for s in message.recipient_statuses.all()}
+            for address, outcome in result.recipients.items():
+                status = statuses.get(address)
+                if status is None:
+                    continue
+                status.state = _STATE_OF[outcome.state]
+                status.reply_code = outcome.code
+                status.reply_enhanced_code = outcome.enhanced_code
+                status.reply_text = outcome.text
+                status.attempt = attempt
+                changed_recipients.append(status)
+            if message.pk not in overtaken:
+                states = [s.state for s in statuses.values()]
+                _advance(message, result, states, provider=provider, config=config, now=now)
+                changed_messages.append(message)
+        RecipientStatus.objects.bulk_update(changed_recipients, RECIPIENT_FIELDS, batch_size=500)
+        OutboundMessage.objects.bulk_update(changed_messages, MESSAGE_FIELDS, batch_size=500)
+    for (message, _), attempt in zip(items, attempts, strict=True):
+        _log(message, attempt)
+        signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
+        if message.status == Status.SENT:
+            signals.message_sent.send(sender=OutboundMessage, message=message)
+        elif message.status == Status.FAILED:
+            signals.message_failed.send(sender=OutboundMessage, message=message, attempt=attempt)
+    return attempts
+
+
+def _attempt_row(
+    message: OutboundMessage,
+    result: AttemptResult,
+    *,
+    number: int,
+    possible_duplicate: bool,
+    provider: ProviderConfig,
+    config: Config,
+) -> DeliveryAttempt:
     keep_transcript = config.transcripts == "always" or (
         config.transcripts == "failures" and result.outcome != Outcome.ACCEPTED
     )
-    with transaction.atomic():
-        status_now, token_now = (
-            OutboundMessage.objects.filter(pk=message.pk).values_list("status", "claim_token").get()
-        )
-        # A worker slower than its lease: the message was recovered and claimed again.
-        # The attempt happened and is stored, but the message now belongs to the new claim.
-        overtaken = status_now == Status.SENDING and token_now != message.claim_token
-        earlier_unknown = overtaken or message.attempts.filter(outcome=Outcome.UNKNOWN).exists()
-        number = (message.attempts.count() or 0) + 1
-        attempt = DeliveryAttempt.objects.create(
-            message=message,
-            number=number,
-            provider=provider.name,
-            started_at=datetime.fromtimestamp(result.started_at, tz=UTC),
-            finished_at=datetime.fromtimestamp(result.finished_at or result.started_at, tz=UTC),
-            host=result.host,
-            port=result.port or None,
-            peer_address=result.peer_address,
-            tls_version=result.tls_version,
-            tls_cipher=result.tls_cipher,
-            certificate_subject=result.certificate_subject,
-            auth_mechanism=result.auth_mechanism,
-            extensions_advertised=result.extensions_advertised,
-            extensions_used=result.extensions_used,
-            mail_parameters=result.mail_parameters,
-            rcpt_parameters=result.rcpt_parameters,
-            recipient_replies={a: r.as_dict() for a, r in result.recipients.items()},
-            reply_code=result.reply_code,
-            reply_enhanced_code=result.reply_enhanced_code,
-            reply_text=result.reply_text,
-            queue_id=result.queue_id,
-            outcome=result.outcome,
-            error=result.error,
-            provider_level=result.provider_level,
-            possible_duplicate=result.outcome == Outcome.UNKNOWN or earlier_unknown,
-            transcript=result.transcript if keep_transcript else "",
-        )
-        statuses = {s.address: s for s in message.recipient_statuses.all()}
-        changed = []
-        for address, outcome in result.recipients.items():
-            status = statuses.get(address)
-            if status is None:
-                continue
-            status.state = _STATE_OF[outcome.state]
-            status.reply_code = outcome.code
-            status.reply_enhanced_code = outcome.enhanced_code
-            status.reply_text = outcome.text
-            status.attempt = attempt
-            changed.append(status)
-        RecipientStatus.objects.bulk_update(
-            changed, ["state", "reply_code", "reply_enhanced_code", "reply_text", "attempt"]
-        )
-        states = [s.state for s in statuses.values()]
-        if not overtaken:
-            _advance(message, attempt, result, states, provider=provider, config=config, now=now)
-    _log(message, attempt)
-    signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
-    if message.status == Status.SENT:
-        signals.message_sent.send(sender=OutboundMessage, message=message)
-    elif message.status == Status.FAILED:
-        signals.message_failed.send(sender=OutboundMessage, message=message, attempt=attempt)
-    return attempt
+    return DeliveryAttempt(
+        message=message,
+        number=number,
+        provider=provider.name,
+        started_at=datetime.fromtimestamp(result.started_at, tz=UTC),
+        finished_at=datetime.fromtimestamp(result.finished_at or result.started_at, tz=UTC),
+        host=result.host,
+        port=result.port or None,
+        peer_address=result.peer_address,
+        tls_version=result.tls_version,
+        tls_cipher=result.tls_cipher,
+        certificate_subject=result.certificate_subject,
+        auth_mechanism=result.auth_mechanism,
+        extensions_advertised=result.extensions_advertised,
+        extensions_used=result.extensions_used,
+        mail_parameters=result.mail_parameters,
+        rcpt_parameters=result.rcpt_parameters,
+        recipient_replies={a: r.as_dict() for a, r in result.recipients.items()},
+        reply_code=result.reply_code,
+        reply_enhanced_code=result.reply_enhanced_code,
+        reply_text=result.reply_text,
+        queue_id=result.queue_id,
+        outcome=result.outcome,
+        error=result.error,
+        provider_level=result.provider_level,
+        possible_duplicate=possible_duplicate,
+        transcript=result.transcript if keep_transcript else "",
+    )
 
 
 def _advance(
     message: OutboundMessage,
-    attempt: DeliveryAttempt,
     result: AttemptResult,
     states: list[str],
     *,
@@ -608,26 +706,27 @@ def _advance(
     config: Config,
     now: datetime,
 ) -> None:
+    """Decide the message's next status, in memory (the caller saves in bulk)."""
     open_left = [s for s in states if s in OPEN_STATES]
     # A provider-level failure (auth broken, refused, quota) is not the message's fault:
     # it does not use up one of the message's attempts.
     if not result.provider_level:
-        message.attempt_count = F("attempt_count") + 1
+        message.attempt_count += 1
+    counted = message.attempt_count
     message.lease_expires_at = None
     if DISABLE_ONCE in (message.options or {}):
         message.options = {k: v for k, v in message.options.items() if k != DISABLE_ONCE}
     message.claim_token = ""
     message.body_started_at = None
     message.last_error = result.error
-    counted = message.attempts.filter(provider_level=False).count()
+    message.updated_at = now
     if not open_left:
+        message.next_attempt_at = None
         if any(s == State.ACCEPTED for s in states):
             message.status = Status.SENT
             message.sent_at = now
-            message.next_attempt_at = None
         else:
             message.status = Status.FAILED
-            message.next_attempt_at = None
     elif result.outcome == Outcome.UNKNOWN and config.unknown_outcome == "hold":
         message.status = Status.HELD
         message.next_attempt_at = None
@@ -635,11 +734,8 @@ def _advance(
             "held for an operator: the connection was lost after the body was sent, "
             "so the server may have the message. " + result.error
         )
-    elif (
-        should_give_up(
-            provider.retry, attempts_so_far=counted, created_at=message.created_at, now=now
-        )
-        and not result.provider_level
+    elif not result.provider_level and should_give_up(
+        provider.retry, attempts_so_far=counted, created_at=message.created_at, now=now
     ):
         message.status = Status.FAILED
         message.next_attempt_at = None
@@ -650,21 +746,6 @@ def _advance(
             provider.retry, max(counted, 1), hint_seconds=result.retry_after_seconds
         )
         message.next_attempt_at = now + timedelta(seconds=delay)
-    message.save(
-        update_fields=[
-            "status",
-            "attempt_count",
-            "lease_expires_at",
-            "claim_token",
-            "body_started_at",
-            "options",
-            "last_error",
-            "sent_at",
-            "next_attempt_at",
-            "updated_at",
-        ]
-    )
-    message.refresh_from_db(fields=["attempt_count"])
 
 
 def _log(message: OutboundMessage, attempt: DeliveryAttempt) -> None:
