@@ -1,0 +1,559 @@
+"""Throughput, latency and memory of django-reliable-mail against the alternatives.
+
+    pip install -e ".[bench]"          # django-post_office, django-mailer
+    apt-get install postfix            # for smtp-sink (no Postfix instance is started)
+    python bench/run.py                # full run, SQLite and PostgreSQL
+    python bench/run.py --quick        # a smaller run, under 3 minutes
+
+Systems, measured in the same run and alternated run by run:
+- ``rmail_queue``: this app in queue mode; the send phase is drained by the worker code
+  path (claim, send over reused parallel connections with pipelining, record attempts with
+  transcripts);
+- ``rmail_immediate``: this app sending inline from each ``send_mail()``;
+- ``django_smtp``: Django's SMTP backend on one connection (no persistence at all);
+- ``post_office``, ``mailer``: django-post_office and django-mailer (queue, then send);
+- ``raw_aiosmtplib``: pre-built bytes over the same number of connections, no database
+  (the efficiency ceiling).
+
+The sink is Postfix's ``smtp-sink`` (C); aiosmtpd would measure itself. The 25 ms scenario
+puts a delaying TCP proxy in front of it. Each measurement runs in a fresh process on a fresh
+database. Results: a Markdown table in ``bench/RESULTS.md``; the last line of stdout is one
+JSON object with the headline ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = [
+    "rmail_queue",
+    "rmail_immediate",
+    "django_smtp",
+    "post_office",
+    "mailer",
+    "raw_aiosmtplib",
+]
+BODY = ("Thank you for your order. " * 80)[:2000]
+
+
+# -- the worker side: one system, one phase set, in its own process ---------------------------
+
+
+def worker(system: str, count: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    if os.environ.get("BENCH_MIGRATE") == "1":
+        call_command("migrate", verbosity=0)
+    runner = globals()[f"run_{system}"]
+    return runner(count)
+
+
+def _send_mail(i: int):
+    from django.core.mail import send_mail
+
+    send_mail(f"Order {i}", BODY, "shop@example.com", [f"customer{i}@example.com"])
+
+
+def _timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def run_rmail_queue(count: int) -> dict:
+    from django.test import override_settings
+
+    from django_reliable_mail import delivery
+
+    with override_settings(EMAIL_BACKEND="django_reliable_mail.backends.EmailBackend"):
+        from django_q.conf import Conf
+
+        Conf.SYNC = False  # the wake-up goes to the ORM broker; no cluster runs here
+        enqueue, _ = _timed(lambda: [_send_mail(i) for i in range(count)])
+
+    def drain():
+        total = 0
+        while True:
+            summary = delivery.deliver_due(limit=500)
+            total += summary.sent
+            if not summary.claimed:
+                return total
+
+    send, sent = _timed(drain)
+    assert sent == count, (sent, count)
+    return {"enqueue": enqueue, "send": send, "e2e": enqueue + send}
+
+
+def run_rmail_immediate(count: int) -> dict:
+    from django.conf import settings
+    from django.test import override_settings
+
+    from django_reliable_mail.models import OutboundMessage
+
+    inline = {**settings.RELIABLE_MAIL, "MODE": "immediate"}
+    with override_settings(
+        RELIABLE_MAIL=inline, EMAIL_BACKEND="django_reliable_mail.backends.EmailBackend"
+    ):
+        e2e, _ = _timed(lambda: [_send_mail(i) for i in range(count)])
+    assert OutboundMessage.objects.filter(status="sent").count() == count
+    return {"e2e": e2e}
+
+
+def run_django_smtp(count: int) -> dict:
+    from django.core.mail import EmailMessage, get_connection
+
+    def send():
+        connection = get_connection("django.core.mail.backends.smtp.EmailBackend")
+        messages = [
+            EmailMessage(f"Order {i}", BODY, "shop@example.com", [f"customer{i}@example.com"])
+            for i in range(count)
+        ]
+        return connection.send_messages(messages)
+
+    seconds, sent = _timed(send)
+    assert sent == count
+    return {"send": seconds, "e2e": seconds}
+
+
+def run_post_office(count: int) -> dict:
+    from post_office import mail
+    from post_office.models import Email
+
+    def enqueue():
+        for i in range(count):
+            mail.send(
+                [f"customer{i}@example.com"], "shop@example.com", subject=f"Order {i}", message=BODY
+            )
+
+    def drain():
+        while True:
+            sent, failed, requeued = mail.send_queued()
+            if not (sent or failed or requeued):
+                return
+
+    enqueue_s, _ = _timed(enqueue)
+    send_s, _ = _timed(drain)
+    assert Email.objects.filter(status=0).count() == count  # STATUS.sent
+    return {"enqueue": enqueue_s, "send": send_s, "e2e": enqueue_s + send_s}
+
+
+def run_mailer(count: int) -> dict:
+    import mailer
+    from mailer import engine
+    from mailer.models import MessageLog
+
+    enqueue_s, _ = _timed(
+        lambda: [
+            mailer.send_mail(f"Order {i}", BODY, "shop@example.com", [f"customer{i}@example.com"])
+            for i in range(count)
+        ]
+    )
+    send_s, _ = _timed(engine.send_all)
+    assert MessageLog.objects.count() == count
+    return {"enqueue": enqueue_s, "send": send_s, "e2e": enqueue_s + send_s}
+
+
+def run_raw_aiosmtplib(count: int) -> dict:
+    import asyncio
+
+    import aiosmtplib
+    from django.conf import settings
+    from django.core.mail import EmailMessage
+
+    payloads = [
+        EmailMessage(f"Order {i}", BODY, "shop@example.com", [f"customer{i}@example.com"])
+        .message()
+        .as_bytes(linesep="\r\n")
+        for i in range(count)
+    ]
+
+    async def connection(share):
+        async with aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=settings.SMTP_PORT, start_tls=False, timeout=60
+        ) as smtp:
+            for i, data in share:
+                await smtp.sendmail("shop@example.com", [f"customer{i}@example.com"], data)
+
+    async def main():
+        shares = [
+            list(enumerate(payloads))[c :: settings.CONNECTIONS]
+            for c in range(settings.CONNECTIONS)
+        ]
+        await asyncio.gather(*(connection(share) for share in shares))
+
+    seconds, _ = _timed(asyncio.run, main())
+    return {"send": seconds, "e2e": seconds}
+
+
+def run_memory(count: int) -> dict:
+    """Queue ``count`` messages in bulk, then drain them with the worker; peak RSS."""
+    import resource
+
+    from django.core.mail import EmailMessage
+
+    from django_reliable_mail import delivery
+    from django_reliable_mail.conf import get_config
+
+    config = get_config()
+    chunk = 1000
+    for start in range(0, count, chunk):
+        messages = [
+            EmailMessage(f"Order {i}", BODY, "shop@example.com", [f"customer{i}@example.com"])
+            for i in range(start, min(start + chunk, count))
+        ]
+        delivery.enqueue([delivery.prepare(m, config=config, provider=None) for m in messages])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sent, started = 0, time.perf_counter()
+    while True:
+        summary = delivery.deliver_due(limit=500, config=config)
+        sent += summary.sent
+        if not summary.claimed:
+            break
+    assert sent == count, (sent, count)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "drain_seconds": time.perf_counter() - started,
+        "rss_before_drain_mib": before,
+        "peak_rss_mib": peak,
+    }
+
+
+def run_enqueue_latency(count: int) -> dict:
+    from django.db import transaction
+    from django.test import override_settings
+    from django_q.conf import Conf
+
+    Conf.SYNC = False
+    samples = []
+    with override_settings(EMAIL_BACKEND="django_reliable_mail.backends.EmailBackend"):
+        for i in range(count):
+            start = time.perf_counter()
+            with transaction.atomic():  # as a request would do it
+                _send_mail(i)
+            samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return {"p50_ms": samples[len(samples) // 2], "p99_ms": samples[int(len(samples) * 0.99)]}
+
+
+# -- the orchestrating side -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int) -> None:
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Databases:
+    """A migrated template per engine; every measurement gets a fresh copy of it."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.sqlite_template = workdir / "template.sqlite3"
+        self.pg_template = "rmail_bench_template"
+        self.counter = 0
+
+    def prepare(self, engine: str, env: dict) -> None:
+        if engine == "sqlite":
+            run_worker(
+                "noop",
+                0,
+                {
+                    **env,
+                    "BENCH_DB_ENGINE": "sqlite",
+                    "BENCH_DB": str(self.sqlite_template),
+                    "BENCH_MIGRATE": "1",
+                },
+            )
+        else:
+            self._psql(f'DROP DATABASE IF EXISTS "{self.pg_template}"')
+            self._psql(f'CREATE DATABASE "{self.pg_template}"')
+            run_worker(
+                "noop",
+                0,
+                {
+                    **env,
+                    "BENCH_DB_ENGINE": "postgres",
+                    "BENCH_DB": self.pg_template,
+                    "BENCH_MIGRATE": "1",
+                },
+            )
+
+    def fresh(self, engine: str) -> str:
+        self.counter += 1
+        if engine == "sqlite":
+            path = self.workdir / f"run{self.counter}.sqlite3"
+            shutil.copy(self.sqlite_template, path)
+            return str(path)
+        name = f"rmail_bench_{self.counter}"
+        self._psql(f'DROP DATABASE IF EXISTS "{name}"')
+        self._psql(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"')
+        return name
+
+    def drop(self, engine: str, name: str) -> None:
+        if engine == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                Path(name + suffix).unlink(missing_ok=True)
+        else:
+            self._psql(f'DROP DATABASE IF EXISTS "{name}"')
+
+    @staticmethod
+    def _psql(sql: str) -> None:
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql],
+            check=True,
+            capture_output=True,
+        )
+
+
+def run_worker(system: str, count: int, env: dict) -> dict:
+    if system == "noop":
+        code = "import bench.run as r; r.worker_noop()"
+    else:
+        code = f"import bench.run as r, json; print(json.dumps(r.worker({system!r}, {count})))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{system} failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1]) if system != "noop" else {}
+
+
+def worker_noop() -> None:
+    worker_setup_only()
+
+
+def worker_setup_only() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if not Path(sink).exists():
+        raise SystemExit("smtp-sink not found: apt-get install postfix (no instance is started)")
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1024"])
+    wait_port(port)
+    return proc
+
+
+def summarise(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="django-reliable-mail benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and runs")
+    parser.add_argument("--messages", type=int)
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--engines", default=None, help="sqlite,postgres")
+    parser.add_argument("--drain", type=int, help="messages for the memory drain")
+    args = parser.parse_args()
+    count = args.messages or (1000 if args.quick else 2000)
+    runs = args.runs or (1 if args.quick else 3)
+    engines = (args.engines or ("sqlite" if args.quick else "sqlite,postgres")).split(",")
+    drain = args.drain or (20_000 if args.quick else 100_000)
+    latency_count = 200 if args.quick else 500
+
+    workdir = Path(tempfile.mkdtemp(prefix="rmail-bench-"))
+    sink_port = free_port()
+    proxy_port = free_port()
+    sink = start_sink(sink_port)
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "latency_proxy.py"),
+            str(proxy_port),
+            str(sink_port),
+            "25",
+        ]
+    )
+    wait_port(proxy_port)
+    base_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "BENCH_CONNECTIONS": str(args.connections),
+        "PYTHONPATH": str(ROOT),
+    }
+    databases = Databases(workdir)
+    rates: dict[tuple, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    extra: dict[str, float] = {}
+    try:
+        for engine in engines:
+            databases.prepare(engine, {**base_env, "BENCH_SMTP_PORT": str(sink_port)})
+
+            def measure(system, n, port, engine=engine):
+                name = databases.fresh(engine)
+                env = {
+                    **base_env,
+                    "BENCH_DB_ENGINE": engine,
+                    "BENCH_DB": name,
+                    "BENCH_SMTP_PORT": str(port),
+                }
+                try:
+                    return run_worker(system, n, env)
+                finally:
+                    databases.drop(engine, name)
+
+            for run in range(runs):
+                order = SYSTEMS[run % len(SYSTEMS) :] + SYSTEMS[: run % len(SYSTEMS)]
+                this_run = {}
+                for system in order:
+                    timing = measure(system, count, sink_port)
+                    this_run[system] = timing
+                    for phase, seconds in timing.items():
+                        rates.setdefault((engine, system, phase), []).append(count / seconds)
+                    print(
+                        f"[{engine} run {run + 1}] {system}: "
+                        + ", ".join(f"{p} {count / s:,.0f}/s" for p, s in timing.items()),
+                        file=sys.stderr,
+                    )
+                rq, po, raw = (
+                    this_run["rmail_queue"],
+                    this_run["post_office"],
+                    this_run["raw_aiosmtplib"],
+                )
+                ratios.setdefault(f"{engine}_send_vs_post_office", []).append(
+                    po["send"] / rq["send"]
+                )
+                ratios.setdefault(f"{engine}_e2e_vs_post_office", []).append(po["e2e"] / rq["e2e"])
+                ratios.setdefault(f"{engine}_send_vs_raw_aiosmtplib", []).append(
+                    raw["send"] / rq["send"]
+                )
+                # 25 ms round trips: the same sink behind the delaying proxy.
+                slow = {
+                    s: measure(s, latency_count, proxy_port) for s in ("rmail_queue", "post_office")
+                }
+                for system, timing in slow.items():
+                    rates.setdefault((engine, f"{system}@25ms", "send"), []).append(
+                        latency_count / timing["send"]
+                    )
+                ratios.setdefault(f"{engine}_latency25_vs_post_office", []).append(
+                    slow["post_office"]["send"] / slow["rmail_queue"]["send"]
+                )
+            latency = measure("enqueue_latency", 300, sink_port)
+            extra[f"{engine}_enqueue_p50_ms"] = latency["p50_ms"]
+            extra[f"{engine}_enqueue_p99_ms"] = latency["p99_ms"]
+            if engine == "sqlite":
+                memory = measure("memory", drain, sink_port)
+                extra["drain_messages"] = drain
+                extra["drain_peak_rss_mib"] = memory["peak_rss_mib"]
+                extra["drain_rate"] = drain / memory["drain_seconds"]
+                half = measure("memory", drain // 4, sink_port)
+                extra["drain_quarter_peak_rss_mib"] = half["peak_rss_mib"]
+    finally:
+        proxy.terminate()
+        sink.terminate()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    bound = args.connections / (2 * 0.025)  # pipelining: two round trips per message
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; sink: Postfix smtp-sink on loopback; "
+        f"{count} messages of ~2 KB per run, {runs} run(s), {args.connections} connections; "
+        f"run by `python bench/run.py{' --quick' if args.quick else ''}`.",
+        "",
+        "Messages per second, median (min-max):",
+        "",
+        "| database | system | enqueue | send | end to end |",
+        "|---|---|---|---|---|",
+    ]
+    for engine in engines:
+        for system in [*SYSTEMS, "rmail_queue@25ms", "post_office@25ms"]:
+            cells = [
+                summarise(rates.get((engine, system, phase), []))
+                for phase in ("enqueue", "send", "e2e")
+            ]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {engine} | {system} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Ratios, taken run by run (median, min-max):",
+        "",
+        "| ratio | median | range |",
+        "|---|---|---|",
+    ]
+    for name, values in ratios.items():
+        lines.append(
+            f"| {name} | {statistics.median(values):.2f} | {min(values):.2f}-{max(values):.2f} |"
+        )
+    slow_rates = rates.get((engines[0], "rmail_queue@25ms", "send"), [0])
+    lines += [
+        "",
+        f"At 25 ms RTT the round-trip bound for {args.connections} pipelined "
+        f"connections is {bound:.0f} msg/s; reached {statistics.median(slow_rates):.0f} "
+        f"({100 * statistics.median(slow_rates) / bound:.0f}%).",
+        "",
+    ]
+    for key, value in extra.items():
+        lines.append(f"- {key}: {value:,.2f}")
+    (ROOT / "bench" / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    first = engines[0]
+    headline = {
+        "send_ratio_vs_post_office": statistics.median(ratios[f"{first}_send_vs_post_office"]),
+        "e2e_ratio_vs_post_office": statistics.median(ratios[f"{first}_e2e_vs_post_office"]),
+        "send_ratio_vs_raw_aiosmtplib": statistics.median(
+            ratios[f"{first}_send_vs_raw_aiosmtplib"]
+        ),
+        "latency25_ratio_vs_post_office": statistics.median(
+            ratios[f"{first}_latency25_vs_post_office"]
+        ),
+        "latency25_fraction_of_bound": statistics.median(slow_rates) / bound,
+        "enqueue_p50_ms": extra[f"{first}_enqueue_p50_ms"],
+        "enqueue_p99_ms": extra[f"{first}_enqueue_p99_ms"],
+        "drain_messages": extra.get("drain_messages"),
+        "drain_100k_peak_rss_mib": extra.get("drain_peak_rss_mib") if drain >= 100_000 else None,
+        "drain_peak_rss_mib": extra.get("drain_peak_rss_mib"),
+    }
+    if "postgres" in engines:
+        headline["enqueue_p50_ms_postgres"] = extra.get("postgres_enqueue_p50_ms")
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()
