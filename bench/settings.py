@@ -34,8 +34,12 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("BENCH_DB", "/tmp/bench.sqlite3"),
-            # The same tuning for every system: WAL with synchronous=NORMAL.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+            # The same for every system; BENCH_SQLITE_WAL=1 adds WAL + synchronous=NORMAL.
+            "OPTIONS": (
+                {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+                if os.environ.get("BENCH_SQLITE_WAL") == "1"
+                else {}
+            ),
         }
     }
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]

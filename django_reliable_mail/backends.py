@@ -74,15 +74,19 @@ class EmailBackend(BaseEmailBackend):
         """Store every message, then deliver after commit. Returns how many were accepted."""
         if not email_messages:
             return 0
-        rows, accepted = delivery.validate_and_enqueue(
-            list(email_messages),
-            config=self.config,
-            provider=self.provider if self._provider_given else None,
-            fail_silently=self.fail_silently,
-            mailer=self.mailer,
-        )
-        ids = [row.pk for row in rows]
-        if ids:
+        queue_here = self.config.mode == "queue" and tasks.wake_in_transaction()
+        with transaction.atomic():
+            rows, accepted = delivery.validate_and_enqueue(
+                list(email_messages),
+                config=self.config,
+                provider=self.provider if self._provider_given else None,
+                fail_silently=self.fail_silently,
+                mailer=self.mailer,
+            )
+            ids = [row.pk for row in rows]
+            if ids and queue_here:
+                tasks.wake(ids)  # commits (or rolls back) together with the messages
+        if ids and not queue_here:
             if self.config.mode == "immediate":
                 config = self.config
                 transaction.on_commit(lambda: delivery.deliver_messages(ids, config=config))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -643,8 +643,8 @@ def record_batch(
                 states = [s.state for s in statuses.values()]
                 _advance(message, result, states, provider=provider, config=config, now=now)
                 changed_messages.append(message)
-        RecipientStatus.objects.bulk_update(changed_recipients, RECIPIENT_FIELDS, batch_size=500)
-        OutboundMessage.objects.bulk_update(changed_messages, MESSAGE_FIELDS, batch_size=500)
+        _write_fields(RecipientStatus, changed_recipients, RECIPIENT_FIELDS)
+        _write_fields(OutboundMessage, changed_messages, MESSAGE_FIELDS)
     for (message, _), attempt in zip(items, attempts, strict=True):
         _log(message, attempt)
         signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
@@ -653,6 +653,30 @@ def record_batch(
         elif message.status == Status.FAILED:
             signals.message_failed.send(sender=OutboundMessage, message=message, attempt=attempt)
     return attempts
+
+
+def _write_fields(model: type[models.Model], objects: list[models.Model], names: list[str]) -> None:
+    """UPDATE these fields of these rows with one prepared statement run for every row.
+
+    Django's ``bulk_update`` builds a CASE expression per field and row, which costs far
+    more than the database work; ``executemany`` with the values prepared by each field
+    (time zones, JSON) does the same writes at a fraction of the cost.
+    """
+    if not objects:
+        return
+    fields = [model._meta.get_field(name) for name in names]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    sql = (
+        f"UPDATE {quote(model._meta.db_table)} SET {assignments} "
+        f"WHERE {quote(model._meta.pk.column)} = %s"
+    )
+    rows = [
+        [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields] + [obj.pk]
+        for obj in objects
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def _attempt_row(

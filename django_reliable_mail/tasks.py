@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -55,14 +56,37 @@ def dispatch() -> str:
     return f"recovered {recovered} expired lease(s), queued {woken} delivery task(s)"
 
 
+def wake_in_transaction() -> bool:
+    """True when the wake-up can be queued inside the enqueueing transaction itself.
+
+    django-q2's ORM broker on our own database makes the task row part of the caller's
+    transaction: a rollback removes it with the messages, a commit publishes both at once,
+    and one commit is saved per send. Any other broker (Redis…) must be told after the
+    commit, and a synchronous cluster (tests) would send before it.
+    """
+    from django.db import router
+    from django_q.conf import Conf
+
+    from .models import OutboundMessage
+
+    return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(OutboundMessage)
+
+
 def wake(message_ids: Iterable[int]) -> None:
     """Ask the queue to deliver these messages; called after the enqueueing commit."""
+    from django_q.brokers import get_broker
     from django_q.tasks import async_task
 
     ids = list(message_ids)
-    for start in range(0, len(ids), WAKE_CHUNK):
-        async_task(
-            "django_reliable_mail.tasks.deliver",
-            ids[start : start + WAKE_CHUNK],
-            group="reliable_mail",
-        )
+    # Inside an atomic block django-q2's ORM broker does not close and reopen the database
+    # connection around each task it queues (it does in autocommit mode), which would
+    # otherwise double the cost of every send_mail().
+    with transaction.atomic():
+        broker = get_broker()
+        for start in range(0, len(ids), WAKE_CHUNK):
+            async_task(
+                "django_reliable_mail.tasks.deliver",
+                ids[start : start + WAKE_CHUNK],
+                group="reliable_mail",
+                broker=broker,
+            )
