@@ -389,6 +389,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--engines", default=None, help="sqlite,postgres")
     parser.add_argument("--drain", type=int, help="messages for the memory drain")
+    parser.add_argument(
+        "--only",
+        help="measure just these systems (comma-separated; no "
+        "ratios, latency or memory): for profiling",
+    )
     args = parser.parse_args()
     count = args.messages or (1000 if args.quick else 2000)
     runs = args.runs or (1 if args.quick else 3)
@@ -437,6 +442,14 @@ def main() -> None:
                 finally:
                     databases.drop(engine, name)
 
+            if args.only:
+                for system in args.only.split(","):
+                    timing = measure(system, count, sink_port)
+                    print(
+                        f"{system}: "
+                        + ", ".join(f"{p} {count / s:,.0f}/s" for p, s in timing.items())
+                    )
+                continue
             for run in range(runs):
                 order = SYSTEMS[run % len(SYSTEMS) :] + SYSTEMS[: run % len(SYSTEMS)]
                 this_run = {}
@@ -488,6 +501,8 @@ def main() -> None:
         sink.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.only:
+        return
     bound = args.connections / (2 * 0.025)  # pipelining: two round trips per message
     lines = [
         "# Benchmark results",

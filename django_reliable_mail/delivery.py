@@ -34,7 +34,9 @@ from .smtp.transport import AttemptResult, Envelope
 
 logger = logging.getLogger(__name__)
 #: How many messages one ``body_started_at`` commit covers (see _BodyMarker).
-BODY_MARK_WINDOW = 16
+BODY_MARK_WINDOW = 32
+#: Attempts stored per transaction while a batch is still being sent.
+RECORD_CHUNK = 50
 #: Message option set by an operator's "retry once without these extensions".
 DISABLE_ONCE = "disable_extensions_once"
 
@@ -315,13 +317,18 @@ class _BodyMarker:
         self.order = order
         self.window = window
         self.marked: set[int] = set()
+        self.next = 0  # everything before this position in ``order`` is marked
 
     def before_body_of(self, message_id: int) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
             if message_id in self.marked:
                 return
-            ahead = [pk for pk in self.order if pk not in self.marked and pk != message_id]
-            ids = [message_id, *ahead[: self.window - 1]]
+            ids = [message_id]
+            while len(ids) < self.window and self.next < len(self.order):
+                pk = self.order[self.next]
+                self.next += 1
+                if pk not in self.marked and pk != message_id:
+                    ids.append(pk)
             self.marked.update(ids)
             await self.bridge.call(_mark_body_started, ids)
 
@@ -388,6 +395,13 @@ def _deliver_group(
             server, disable_extensions=server.disable_extensions | frozenset(disable_once)
         )
 
+    recorded: list[tuple[OutboundMessage, AttemptResult]] = []
+
+    def record_chunk(chunk: list[tuple[Job, AttemptResult]]) -> None:
+        items = [(job.key, result) for job, result in chunk]
+        record_batch(items, provider=provider, config=config)
+        recorded.extend(items)
+
     async def run(bridge: SyncBridge) -> BatchOutcome:
         marker = _BodyMarker(bridge, [m.pk for m in messages])
         jobs = [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in messages]
@@ -398,27 +412,52 @@ def _deliver_group(
             async def reserve() -> float:
                 return await bridge.call(throttle.reserve_slot, name, limit)
 
+        # Results are stored in chunks while the connections keep sending: the database
+        # work runs in this (the calling) thread, the SMTP work in the bridge's.
+        ready: list[tuple[Job, AttemptResult]] = []
+        wake = asyncio.Event()
+        sending_done = False
+
+        def on_result(job: Job, result: AttemptResult) -> None:
+            ready.append((job, result))
+            if len(ready) >= RECORD_CHUNK:
+                wake.set()
+
+        async def recorder() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while ready:
+                    chunk = ready[:RECORD_CHUNK]
+                    del ready[: len(chunk)]
+                    await bridge.call(record_chunk, chunk)
+                if sending_done:
+                    return
+
         renewer = asyncio.create_task(_keep_leases(bridge, messages, config.lease_seconds))
+        storing = asyncio.create_task(recorder())
         try:
-            return await send_batch(
+            outcome = await send_batch(
                 server,
                 jobs,
                 max_connections=provider.max_connections,
                 max_messages_per_connection=provider.max_messages_per_connection,
                 reserve_slot=reserve,
+                on_result=on_result,
             )
         finally:
+            sending_done = True
+            wake.set()
+            await storing
             renewer.cancel()
+        return outcome
 
     batch = SyncBridge().run(run)
     summary.connections = batch.connections
     provider_failure = None
-    record_batch(
-        [(job.key, result) for job, result in batch.results], provider=provider, config=config
-    )
-    for job, result in batch.results:
+    for message, result in recorded:
         summary.attempts += 1
-        _count(summary, job.key.status)
+        _count(summary, message.status)
         if result.provider_level or result.pause_provider:
             provider_failure = result
     untouched = [job.key for job in batch.untouched]
@@ -431,7 +470,7 @@ def _deliver_group(
         summary.released = release(untouched, until=until, reason=provider_failure.error)
         fail_over(config=config)
     else:
-        if any(r.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL) for _, r in batch.results):
+        if any(r.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL) for _, r in recorded):
             throttle.mark_healthy(name)
         summary.released = release(untouched, until=timezone.now())
     return summary

@@ -46,21 +46,31 @@ async def send_batch(
     max_connections: int = 1,
     max_messages_per_connection: int = 100,
     reserve_slot: Callable[[], Awaitable[float]] | None = None,
+    on_result: Callable[[Job, AttemptResult], None] | None = None,
 ) -> BatchOutcome:
     queue: deque[Job] = deque(jobs)
     outcome = BatchOutcome(results=[], untouched=[])
     provider_failed = asyncio.Event()
 
+    def finished(job: Job, result: AttemptResult) -> None:
+        outcome.results.append((job, result))
+        if on_result is not None:
+            on_result(job, result)
+
     async def run_connection() -> None:
         session: SMTPSession | None = None
-        last: AttemptResult | None = None
+        # A connection's latest result is handed on only when the next message starts or
+        # the connection closes: the QUIT belongs in the last message's transcript.
+        last: tuple[Job, AttemptResult] | None = None
 
         async def close() -> None:
-            # The QUIT belongs in the transcript of the connection's last message.
+            nonlocal last
             assert session is not None
             await session.close()
             if last is not None:
-                last.transcript = session.transcript.render()
+                last[1].transcript = session.transcript.render()
+                finished(*last)
+                last = None
 
         try:
             while queue and not provider_failed.is_set():
@@ -68,15 +78,13 @@ async def send_batch(
                 if session is None or not session.can_take(max_messages_per_connection):
                     if session is not None:
                         await close()
-                    session, last = SMTPSession(settings), None
+                    session = SMTPSession(settings)
                     outcome.connections += 1
                     try:
                         await session.open()
                     except SMTPFailure as failure:
                         await session.close()
-                        outcome.results.append(
-                            (job, failure_result(session, job.envelope, failure))
-                        )
+                        finished(job, failure_result(session, job.envelope, failure))
                         session = None
                         if failure.provider_level:
                             provider_failed.set()
@@ -86,8 +94,9 @@ async def send_batch(
                     if wait > 0:
                         await asyncio.sleep(wait)
                 result = await session.send(job.envelope, before_body=job.before_body)
-                outcome.results.append((job, result))
-                last = result
+                if last is not None:
+                    finished(*last)
+                last = (job, result)
                 if result.provider_level or result.pause_provider:
                     provider_failed.set()
                 if not session.is_open:
