@@ -67,8 +67,21 @@ class DisableExtensionsForm(forms.Form):
     )
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records are written by delivery and by operator actions, never edited by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(admin.ModelAdmin):
+class OutboundMessageAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
         "status",
@@ -113,15 +126,6 @@ class OutboundMessageAdmin(admin.ModelAdmin):
     change_form_template = "admin/django_reliable_mail/outboundmessage/change_form.html"
 
     # -- permissions ------------------------------------------------
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_retry_permission(self, request):
         return request.user.has_perm(RETRY_PERMISSION)
@@ -361,7 +365,7 @@ class RetryingMessageAdmin(FailedMessageAdmin):
 
 
 @admin.register(DeliveryAttempt)
-class DeliveryAttemptAdmin(admin.ModelAdmin):
+class DeliveryAttemptAdmin(ReadOnlyAdmin):
     """Attempts across messages: what failed, where, with which reply."""
 
     list_display = (
@@ -379,12 +383,3 @@ class DeliveryAttemptAdmin(admin.ModelAdmin):
     search_fields = ("=queue_id", "=message__message_id")
     show_full_result_count = False
     exclude = ("transcript",)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

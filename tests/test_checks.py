@@ -6,6 +6,7 @@ from django.test import override_settings
 
 from django_reliable_mail.checks import check_settings
 from django_reliable_mail.conf import get_config
+from django_reliable_mail.providers import PRESETS
 
 OK = {"HOST": "smtp.example.com", "PORT": 587, "TLS": "starttls"}
 
@@ -220,21 +221,7 @@ def test_plaintext_credentials_are_a_warning():
 
 def test_valid_settings_and_presets_have_no_problems():
     assert problems({"PROVIDERS": {"a": OK}}) == []
-    for name in (
-        "strato",
-        "ionos",
-        "gmail",
-        "office365",
-        "ses",
-        "sendgrid",
-        "mailgun",
-        "postmark",
-        "brevo",
-        "mailjet",
-        "fastmail",
-        "zoho",
-        "postfix",
-    ):
+    for name in sorted(PRESETS):
         extra = {"PASSWORD": "api-key"} if name == "sendgrid" else {}  # preset sets USERNAME
         assert problems({"PROVIDERS": {"p": {"PRESET": name, **extra}}}) == [], name
     with override_settings(
