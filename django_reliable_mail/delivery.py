@@ -99,8 +99,11 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
     prepared = _without_known_keys(prepared)
     if not prepared:
         return []
+    # A savepoint is only needed to survive a lost idempotency-key race inside the caller's
+    # transaction; without keys it would cost two extra round trips per send.
+    keyed = any(p.options.idempotency_key for p in prepared)
     try:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=keyed):
             created = _insert(prepared, mailer=mailer)
     except IntegrityError:
         if not any(p.options.idempotency_key for p in prepared):

@@ -81,7 +81,7 @@ def wake(message_ids: Iterable[int]) -> None:
     # Inside an atomic block django-q2's ORM broker does not close and reopen the database
     # connection around each task it queues (it does in autocommit mode), which would
     # otherwise double the cost of every send_mail().
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         broker = get_broker()
         for start in range(0, len(ids), WAKE_CHUNK):
             async_task(
