@@ -788,15 +788,17 @@ class SMTPSession:
                     self.transcript.server(reply.code, reply.message)
                     replies.append(reply)
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-                self.transcript.event(
-                    "timed out waiting for a reply"
-                    if isinstance(exc, aiosmtplib.SMTPTimeoutError)
-                    else "connection lost"
-                )
+                self._note_lost(exc, "a reply")
                 raise
             finally:
                 protocol._response_pending = False
         return replies
+
+    def _note_lost(self, exc: Exception, waiting_for: str) -> None:
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+            self.transcript.event(f"timed out waiting for {waiting_for}")
+        else:
+            self.transcript.event("connection lost")
 
     async def _next_reply(self, protocol: Any) -> SMTPResponse:
         # Several pipelined replies can arrive in one segment; aiosmtplib parses only the
@@ -865,11 +867,7 @@ class SMTPSession:
             try:
                 response = await protocol.read_response(timeout=self.settings.timeout)
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-                self.transcript.event(
-                    "timed out waiting for the final reply"
-                    if isinstance(exc, aiosmtplib.SMTPTimeoutError)
-                    else "connection lost"
-                )
+                self._note_lost(exc, "the final reply")
                 raise
         self._awaiting_final_reply = False
         self.transcript.server(response.code, response.message)
