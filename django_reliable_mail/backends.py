@@ -85,7 +85,8 @@ class EmailBackend(BaseEmailBackend):
             )
             ids = [row.pk for row in rows]
             if ids and queue_here:
-                tasks.wake(ids)  # commits (or rolls back) together with the messages
+                # Commits (or rolls back) together with the messages.
+                tasks.wake_pending_in_transaction()
         if ids and not queue_here:
             if self.config.mode == "immediate":
                 config = self.config

@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from . import signals, throttle
+from . import rows, signals, throttle
 from .bridge import SyncBridge
 from .conf import Config, ProviderConfig, config_for_mailer, get_config
 from .exceptions import InvalidMessageError
@@ -124,7 +124,7 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
 
 def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
     now = timezone.now()
-    rows = [
+    created = [
         OutboundMessage(
             status=Status.QUEUED,
             provider=p.provider,
@@ -145,13 +145,16 @@ def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[Outbou
         )
         for p in prepared
     ]
-    created = OutboundMessage.objects.bulk_create(rows)
+    rows.insert(OutboundMessage, created)
     if any(row.pk is None for row in created):  # databases that return no ids
         raise RuntimeError("the database did not return primary keys from bulk_create")
-    RecipientStatus.objects.bulk_create(
-        RecipientStatus(message=row, address=address)
-        for row in created
-        for address in row.recipients
+    rows.insert(
+        RecipientStatus,
+        [
+            RecipientStatus(message=row, address=address)
+            for row in created
+            for address in row.recipients
+        ],
     )
     return created
 
@@ -667,7 +670,7 @@ def record_batch(
                     config=config,
                 )
             )
-        DeliveryAttempt.objects.bulk_create(attempts)
+        rows.insert(DeliveryAttempt, attempts)
         changed_recipients, changed_messages = [], []
         for (message, result), attempt in zip(items, attempts, strict=True):
             statuses = {s.address: s for s in message.recipient_statuses.all()}
@@ -685,8 +688,8 @@ def record_batch(
                 states = [s.state for s in statuses.values()]
                 _advance(message, result, states, provider=provider, config=config, now=now)
                 changed_messages.append(message)
-        _write_fields(RecipientStatus, changed_recipients, RECIPIENT_FIELDS)
-        _write_fields(OutboundMessage, changed_messages, MESSAGE_FIELDS)
+        rows.update(RecipientStatus, changed_recipients, RECIPIENT_FIELDS)
+        rows.update(OutboundMessage, changed_messages, MESSAGE_FIELDS)
     for (message, _), attempt in zip(items, attempts, strict=True):
         _log(message, attempt)
         signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
@@ -695,44 +698,6 @@ def record_batch(
         elif message.status == Status.FAILED:
             signals.message_failed.send(sender=OutboundMessage, message=message, attempt=attempt)
     return attempts
-
-
-def _write_fields(model: type[models.Model], objects: list[models.Model], names: list[str]) -> None:
-    """UPDATE these fields of these rows in as few statements as the values allow.
-
-    Rows that get identical values (most of a batch: "sent", same time, same count) share
-    one ``UPDATE … WHERE id IN (…)``; the others go through one prepared statement run
-    for each row. Django's ``bulk_update`` builds a CASE expression per field and row,
-    which costs far more than the database work.
-    """
-    if not objects:
-        return
-    fields = [model._meta.get_field(name) for name in names]
-    quote = connection.ops.quote_name
-    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
-    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
-    groups: dict[str, tuple[list[Any], list[Any]]] = {}
-    for obj in objects:
-        key = repr([getattr(obj, f.attname) for f in fields])
-        if key not in groups:
-            prepared = [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
-            groups[key] = (prepared, [])
-        groups[key][1].append(obj.pk)
-    singles = []
-    with connection.cursor() as cursor:
-        for values, pks in groups.values():
-            if len(pks) == 1:
-                singles.append([*values, pks[0]])
-                continue
-            for start in range(0, len(pks), 500):
-                chunk = pks[start : start + 500]
-                marks = ", ".join(["%s"] * len(chunk))
-                cursor.execute(
-                    f"UPDATE {table} SET {assignments} WHERE {pk} IN ({marks})",
-                    [*values, *chunk],
-                )
-        if singles:
-            cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk} = %s", singles)
 
 
 def _attempt_row(

@@ -11,6 +11,7 @@ import django
 from django.core.mail import EmailMessage
 
 from .exceptions import InvalidMessageError
+from .plain_mime import BARE_ADDRESS, plain_message_bytes
 from .smtp.transport import wire_format
 
 
@@ -29,6 +30,8 @@ def envelope_address(value: Any, *, role: str) -> str:
     A non-ASCII local part is kept as it is (it needs SMTPUTF8 at send time).
     """
     text = str(value or "")
+    if BARE_ADDRESS.match(text):  # the common case, without the parser
+        return text
     if "\r" in text or "\n" in text:
         raise InvalidMessageError(f"The {role} address {text!r} contains a line break.")
     parsed = getaddresses([text])
@@ -60,6 +63,16 @@ def serialize(message: EmailMessage) -> SerializedMessage:
     envelope_recipients = list(
         dict.fromkeys(envelope_address(r, role="recipient") for r in recipients)
     )
+    plain = plain_message_bytes(message)
+    if plain is not None:
+        data, message_id = plain
+        return SerializedMessage(
+            from_email=from_email,
+            recipients=envelope_recipients,
+            data=wire_format(data),
+            subject=str(message.subject or "")[:998],
+            message_id=message_id,
+        )
     try:
         if django.VERSION >= (6, 0):
             mime = message.message(policy=email.policy.SMTP)

@@ -7,8 +7,9 @@ compare-and-set on the message row, so a message already claimed or finished is 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -90,3 +91,87 @@ def wake(message_ids: Iterable[int]) -> None:
                 group="reliable_mail",
                 broker=broker,
             )
+
+
+class _RememberingBroker:
+    """A broker whose ``enqueue`` remembers the row it created (django-q2 returns only
+    the task id)."""
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+        self.row: tuple[int, str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, task: str) -> Any:
+        row_id = self._broker.enqueue(task)
+        self.row = (row_id, task)
+        return row_id
+
+
+#: The ORM-broker row (id, payload) of the last coalesced wake-up this process queued, per
+#: database. The payload tells our row from a later one that reuses its id (SQLite does).
+_pending_wake: dict[str, tuple[int, str]] = {}
+
+
+def wake_pending_in_transaction() -> None:
+    """Wake a worker for everything due, from inside the enqueueing transaction (ORM broker).
+
+    A burst of ``send_mail()`` calls needs one wake-up, not one task per message: if the
+    wake-up this process queued last is still waiting in the broker, it will deliver the new
+    message too, and nothing is added. Its row is locked (``SELECT … FOR UPDATE``) until
+    our commit, so a worker cannot take it in between and run before our message is visible;
+    a row already taken has its lock time in the future and does not count.
+    """
+    from django.db import router
+    from django_q.brokers import get_broker
+    from django_q.models import OrmQ
+    from django_q.tasks import async_task
+
+    from .models import OutboundMessage
+
+    alias = router.db_for_write(OutboundMessage)
+    row = _pending_wake.get(alias)
+    if row is not None and _still_waiting(connections[alias], OrmQ, *row):
+        return
+    broker = _RememberingBroker(get_broker())
+    async_task("django_reliable_mail.tasks.deliver_pending", group="reliable_mail", broker=broker)
+    if broker.row is not None:
+        _pending_wake[alias] = broker.row
+
+
+def _still_waiting(connection: Any, model: Any, row_id: int, payload: str) -> bool:
+    """Is this broker row not yet taken by a worker? Locks it until our commit if so.
+
+    Plain SQL: this runs inside every ``send_mail()``, and building the query through the
+    ORM costs more than running it.
+    """
+    quote = connection.ops.quote_name
+    pk, lock = quote(model._meta.pk.column), quote(model._meta.get_field("lock").column)
+    payload_column = quote(model._meta.get_field("payload").column)
+    sql = (
+        f"SELECT {payload_column} FROM {quote(model._meta.db_table)} "
+        f"WHERE {pk} = %s AND {lock} <= %s"
+    )
+    if connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [row_id, now])
+        found = cursor.fetchone()
+    return found is not None and found[0] == payload
+
+
+def deliver_pending(limit: int = WAKE_CHUNK) -> str:
+    """The coalesced wake-up: deliver one batch of what is due.
+
+    When more than one batch is waiting, another wake-up is queued first, so a second
+    worker can share the queue while this one sends.
+    """
+    from django_q.tasks import async_task
+
+    if delivery.due_messages(now=timezone.now()).count() > limit:
+        async_task("django_reliable_mail.tasks.deliver_pending", limit, group="reliable_mail")
+    summary = delivery.deliver_due(limit=limit)
+    return f"{summary.attempts} attempt(s), {summary.sent} sent"

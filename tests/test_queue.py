@@ -344,3 +344,66 @@ def test_failover_to_the_fallback_provider(smtp_server, tls, settings):
     assert carried[:2] == [("m0", "primary", "config_error"), ("m0", "backup", "accepted")]
     assert {p for _, p, _ in carried[2:]} == {"backup"}
     assert MessageEvent.objects.filter(actor="failover").count() == 3
+
+
+def queued_tasks():
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    return [SignedPackage.loads(row.payload) for row in OrmQ.objects.order_by("id")]
+
+
+def test_a_burst_of_sends_queues_one_wake_up(smtp_server, settings):
+    from django_q.models import OrmQ
+
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server))
+    queue_async(settings)
+    for _ in range(5):
+        EmailBackend().send_messages([message()])
+    assert [t["func"] for t in queued_tasks()] == ["django_reliable_mail.tasks.deliver_pending"]
+    # A worker takes the task: its lock moves into the future, so it no longer covers
+    # messages sent from now on, and the next send queues a new wake-up.
+    OrmQ.objects.update(lock=timezone.now() + timedelta(seconds=60))
+    EmailBackend().send_messages([message()])
+    assert OrmQ.objects.count() == 2
+    queue_sync()
+    assert tasks.deliver_pending() == "6 attempt(s), 6 sent"
+    assert len(server.messages) == 6
+
+
+def test_a_rolled_back_send_leaves_the_pending_wake_up_alone(settings):
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        EmailBackend().send_messages([message()])
+        raise RuntimeError("rolled back")
+    EmailBackend().send_messages([message()])
+    assert len(queued_tasks()) == 1 and OutboundMessage.objects.count() == 1
+
+
+def test_a_full_batch_queues_a_second_wake_up_for_another_worker(smtp_server, settings):
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server))
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(5)])
+    before = len(queued_tasks())
+    assert tasks.deliver_pending(limit=2) == "2 attempt(s), 2 sent"
+    assert len(queued_tasks()) == before + 1  # the rest is someone else's batch
+    assert tasks.deliver_pending(limit=3) == "3 attempt(s), 3 sent"
+    assert len(queued_tasks()) == before + 1  # nothing was left over
+
+
+def test_a_wake_up_row_id_reused_by_another_task_does_not_count(settings):
+    from django_q.models import OrmQ
+
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    ours = OrmQ.objects.get()
+    row_id = ours.pk
+    ours.delete()  # acknowledged by a worker
+    # Another task gets the same id (a database that reuses ids after a restart).
+    OrmQ.objects.create(id=row_id, key=ours.key, payload="someone else's task", lock=ours.lock)
+    EmailBackend().send_messages([message()])
+    assert OrmQ.objects.count() == 2

@@ -272,3 +272,48 @@ def test_rate_limit_holds_across_two_processes(smtp_server, settings):
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest <= 11, f"{busiest} transactions in one second with RATE_LIMIT 10/s"
     assert times[-1] - times[0] >= (total - 1) / 10 * 0.95
+
+
+def test_a_pending_wake_up_stays_locked_until_the_sender_commits(settings):
+    """A worker cannot take the coalesced wake-up between our check and our commit (it
+    would run before the new message is visible and miss it)."""
+    from datetime import timedelta
+
+    from django.db import OperationalError, transaction
+    from django.utils import timezone
+    from django_q.models import OrmQ
+
+    from .test_queue import queue_config, queue_sync
+
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    try:
+        EmailBackend().send_messages([message()])
+        row = OrmQ.objects.get()
+        outcome = {}
+
+        def worker_takes_it():  # django-q2's ORM broker: a compare-and-set on the lock
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET lock_timeout = '300ms'")
+                outcome["taken"] = OrmQ.objects.filter(pk=row.pk, lock=row.lock).update(
+                    lock=timezone.now() + timedelta(seconds=60)
+                )
+            except OperationalError as exc:
+                outcome["blocked"] = str(exc)
+            finally:
+                connection.close()
+
+        with transaction.atomic():
+            EmailBackend().send_messages([message()])
+            taker = threading.Thread(target=worker_takes_it)
+            taker.start()
+            taker.join()
+        assert "lock timeout" in outcome.pop("blocked")
+        assert OrmQ.objects.count() == 1  # the second message rode on the first wake-up
+        taker = threading.Thread(target=worker_takes_it)
+        taker.start()
+        taker.join()
+        assert outcome == {"taken": 1}  # after the commit the worker gets it
+    finally:
+        queue_sync()

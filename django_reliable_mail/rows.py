@@ -1,0 +1,128 @@
+"""Bulk INSERT and UPDATE of our own rows on the hot paths, with statements built once.
+
+``send_mail()`` stores a message and its recipients, and every batch of attempts stores its
+rows and moves its messages on. Django's ``bulk_create`` and ``bulk_update`` compile a query
+for every call and prepare every value through the field API, which costs more than the
+database work itself here. These helpers build each statement once per table and field list,
+convert only the values that need it (dates, JSON, bytes) and still go through Django's
+cursor, so its database wrappers and ``connection.queries`` see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from django.db import connections, models, router
+
+_PLAIN = (
+    models.CharField,
+    models.TextField,
+    models.IntegerField,
+    models.BooleanField,
+    models.ForeignKey,
+)
+
+
+def _as_text(value: Any) -> Any:
+    # Choices enums are str subclasses; not every database driver adapts those.
+    return value if value is None or type(value) is str else str(value)
+
+
+def _converter(field: models.Field, connection: Any) -> Callable[[Any], Any]:
+    if isinstance(field, models.CharField | models.TextField):
+        return _as_text
+    if isinstance(field, _PLAIN):
+        return lambda value: value
+    return lambda value: field.get_db_prep_save(value, connection)
+
+
+@lru_cache(maxsize=64)
+def _insert_plan(model: type[models.Model], alias: str) -> tuple[str, str, list, list]:
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(quote(f.column) for f in fields)
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    return head, row, fields, [_converter(f, connection) for f in fields]
+
+
+def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
+    """INSERT ``objects`` (new, unsaved) and set their primary keys.
+
+    Where the database cannot return ids from a multi-row INSERT, Django's ``bulk_create``
+    does the work instead.
+    """
+    if not objects:
+        return
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    if not connection.features.can_return_rows_from_bulk_insert:
+        model.objects.using(alias).bulk_create(objects)
+        return
+    head, row, fields, converters = _insert_plan(model, alias)
+    stamped = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
+    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    size = max(connection.ops.bulk_batch_size(fields, objects), 1)
+    with connection.cursor() as cursor:
+        for start in range(0, len(objects), size):
+            chunk = objects[start : start + size]
+            params: list[Any] = []
+            for obj in chunk:
+                for field in stamped:
+                    field.pre_save(obj, add=True)
+                params.extend(
+                    convert(getattr(obj, field.attname))
+                    for field, convert in zip(fields, converters, strict=True)
+                )
+            cursor.execute(head + ", ".join([row] * len(chunk)) + f" RETURNING {pk_column}", params)
+            for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
+                obj.pk = pk
+                obj._state.adding = False
+                obj._state.db = alias
+
+
+def update(model: type[models.Model], objects: Sequence[models.Model], names: list[str]) -> None:
+    """UPDATE these fields of these rows in as few statements as the values allow.
+
+    Rows that get identical values (most of a batch: "sent", same time, same count) share
+    one ``UPDATE … WHERE id IN (…)``; the others go through one prepared statement run
+    for each row. Django's ``bulk_update`` builds a CASE expression per field and row,
+    which costs far more than the database work.
+    """
+    if not objects:
+        return
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    fields = [model._meta.get_field(name) for name in names]
+    quote = connection.ops.quote_name
+    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    converters = [_converter(f, connection) for f in fields]
+    groups: dict[str, tuple[list[Any], list[Any]]] = {}
+    for obj in objects:
+        raw = [getattr(obj, f.attname) for f in fields]
+        key = repr(raw)
+        if key not in groups:
+            values = [convert(value) for value, convert in zip(raw, converters, strict=True)]
+            groups[key] = (values, [])
+        groups[key][1].append(obj.pk)
+    singles = []
+    with connection.cursor() as cursor:
+        for values, pks in groups.values():
+            if len(pks) == 1:
+                singles.append([*values, pks[0]])
+                continue
+            for start in range(0, len(pks), 500):
+                chunk = pks[start : start + 500]
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(
+                    f"UPDATE {table} SET {assignments} WHERE {pk} IN ({marks})",
+                    [*values, *chunk],
+                )
+        if singles:
+            cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk} = %s", singles)
