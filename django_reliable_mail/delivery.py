@@ -225,11 +225,26 @@ def claim(
             body_started_at=None,
             updated_at=now,
         )
-    return list(
-        OutboundMessage.objects.filter(claim_token=token, status=Status.SENDING)
-        .order_by("-priority", "next_attempt_at", "id")
-        .prefetch_related("recipient_statuses")
+    claimed = list(
+        OutboundMessage.objects.filter(
+            pk__in=picked, claim_token=token, status=Status.SENDING
+        ).order_by("-priority", "next_attempt_at", "id")
     )
+    # One query for all recipients; prefetch_related builds a queryset per message.
+    by_message: dict[int, list[RecipientStatus]] = {m.pk: [] for m in claimed}
+    for status in RecipientStatus.objects.filter(message_id__in=list(by_message)):
+        by_message[status.message_id].append(status)
+    for message in claimed:
+        message.recipient_rows = by_message[message.pk]
+    return claimed
+
+
+def recipient_rows(message: OutboundMessage) -> list[RecipientStatus]:
+    """The message's recipient rows: loaded by :func:`claim`, or read now."""
+    rows_ = getattr(message, "recipient_rows", None)
+    if rows_ is None:
+        rows_ = message.recipient_rows = list(message.recipient_statuses.all())
+    return rows_
 
 
 def fail_over(*, config: Config, now: datetime | None = None) -> int:
@@ -292,7 +307,7 @@ def release(messages: Iterable[OutboundMessage], *, until: datetime, reason: str
 
 
 def envelope_for(message: OutboundMessage) -> Envelope:
-    open_addresses = [s.address for s in message.recipient_statuses.all() if s.state in OPEN_STATES]
+    open_addresses = [s.address for s in recipient_rows(message) if s.state in OPEN_STATES]
     options = message.options or {}
     return Envelope(
         sender=message.from_email,
@@ -673,7 +688,7 @@ def record_batch(
         rows.insert(DeliveryAttempt, attempts)
         changed_recipients, changed_messages = [], []
         for (message, result), attempt in zip(items, attempts, strict=True):
-            statuses = {s.address: s for s in message.recipient_statuses.all()}
+            statuses = {s.address: s for s in recipient_rows(message)}
             for address, outcome in result.recipients.items():
                 status = statuses.get(address)
                 if status is None:

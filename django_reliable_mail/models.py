@@ -42,8 +42,9 @@ class OutboundMessage(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    #: Which claim holds the lease (set and read back in one short transaction).
-    claim_token = models.CharField(max_length=32, blank=True, db_index=True)
+    #: Which claim holds the lease (set and read back in one short transaction). Not
+    #: indexed: it is always read together with the id or the status.
+    claim_token = models.CharField(max_length=32, blank=True)
     #: Set (and committed) just before the body is written: a lease that expires with this
     #: set means the server may have the message.
     body_started_at = models.DateTimeField(null=True, blank=True)
@@ -83,7 +84,10 @@ class DeliveryAttempt(models.Model):
         UNKNOWN = "unknown", _("Unknown (connection lost after the body)")
         CONFIG_ERROR = "config_error", _("Configuration error")
 
-    message = models.ForeignKey(OutboundMessage, on_delete=models.CASCADE, related_name="attempts")
+    # No index of its own: the unique (message, number) constraint starts with it.
+    message = models.ForeignKey(
+        OutboundMessage, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )
     number = models.PositiveIntegerField()
     provider = models.CharField(max_length=100)
     started_at = models.DateTimeField()
@@ -137,8 +141,12 @@ class RecipientStatus(models.Model):
         REJECTED = "rejected", _("Rejected")
         UNKNOWN = "unknown", _("Unknown")
 
+    # No index of its own: the unique (message, address) constraint starts with it.
     message = models.ForeignKey(
-        OutboundMessage, on_delete=models.CASCADE, related_name="recipient_statuses"
+        OutboundMessage,
+        on_delete=models.CASCADE,
+        related_name="recipient_statuses",
+        db_index=False,
     )
     address = models.CharField(max_length=320, db_index=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)

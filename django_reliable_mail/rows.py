@@ -68,6 +68,8 @@ def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
     ]
     pk_column = connection.ops.quote_name(model._meta.pk.column)
     size = max(connection.ops.bulk_batch_size(fields, objects), 1)
+    json_columns = {i for i, f in enumerate(fields) if isinstance(f, models.JSONField)}
+    memo: dict[tuple[int, tuple], Any] = {}  # the same extension list on every attempt
     with connection.cursor() as cursor:
         for start in range(0, len(objects), size):
             chunk = objects[start : start + size]
@@ -75,15 +77,30 @@ def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
             for obj in chunk:
                 for field in stamped:
                     field.pre_save(obj, add=True)
-                params.extend(
-                    convert(getattr(obj, field.attname))
-                    for field, convert in zip(fields, converters, strict=True)
-                )
+                for i, (field, convert) in enumerate(zip(fields, converters, strict=True)):
+                    value = getattr(obj, field.attname)
+                    if i in json_columns:
+                        params.append(_converted_once(memo, i, value, convert))
+                    else:
+                        params.append(convert(value))
             cursor.execute(head + ", ".join([row] * len(chunk)) + f" RETURNING {pk_column}", params)
             for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
                 obj.pk = pk
                 obj._state.adding = False
                 obj._state.db = alias
+
+
+def _converted_once(memo: dict, column: int, value: Any, convert: Callable) -> Any:
+    if not isinstance(value, list):
+        return convert(value)
+    try:
+        key = (column, tuple(value))
+        return memo[key]
+    except TypeError:  # a list of unhashable items
+        return convert(value)
+    except KeyError:
+        memo[key] = converted = convert(value)
+        return converted
 
 
 def update(model: type[models.Model], objects: Sequence[models.Model], names: list[str]) -> None:
