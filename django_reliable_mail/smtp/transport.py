@@ -38,7 +38,6 @@ from .classify import (
 from .transcript import REDACTED, Transcript
 
 TLS_MODES = ("implicit", "starttls", "opportunistic", "none")
-_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 _CONTROL_CHARACTERS = re.compile(rb"[\x00-\x1f\x7f]")
 
 #: A token provider for XOAUTH2: called with ``username=`` and ``force_refresh=``; may be
@@ -235,11 +234,20 @@ def _needs_smtputf8(envelope: Envelope) -> bool:
 
 def wire_format(data: bytes) -> bytes:
     """CRLF line endings and a final CRLF: the bytes exactly as DATA carries them."""
+    if _is_wire_format(data):  # stored messages already are: skip the regex pass
+        return data
     return normalize_message_line_endings(data)
 
 
+def _is_wire_format(data: bytes) -> bool:
+    crlf = data.count(b"\r\n")
+    return data.endswith(b"\r\n") and data.count(b"\n") == crlf == data.count(b"\r")
+
+
 def _dot_stuffed(data: bytes) -> bytes:
-    return _DOT_AT_LINE_START.sub(b"..", wire_format(data)) + b".\r\n"
+    # With CRLF line endings every line start follows "\r\n" (or is the first byte).
+    data = wire_format(data).replace(b"\r\n.", b"\r\n..")
+    return (b"." + data if data.startswith(b".") else data) + b".\r\n"
 
 
 class SMTPSession:
