@@ -321,7 +321,7 @@ def envelope_for(message: OutboundMessage) -> Envelope:
 
 
 def _mark_body_started(message_ids: list[int]) -> None:
-    OutboundMessage.objects.filter(pk__in=message_ids).update(body_started_at=timezone.now())
+    rows.set_by_ids(OutboundMessage, message_ids, body_started_at=timezone.now())
 
 
 class _BodyMarker:
@@ -652,12 +652,7 @@ def record_batch(
     now = now or timezone.now()
     ids = [message.pk for message, _ in items]
     with transaction.atomic():
-        current = {
-            pk: (status, token)
-            for pk, status, token in OutboundMessage.objects.filter(pk__in=ids).values_list(
-                "pk", "status", "claim_token"
-            )
-        }
+        current = rows.values_by_ids(OutboundMessage, ids, ["status", "claim_token"])
         history = {
             row["message_id"]: row
             for row in DeliveryAttempt.objects.filter(message_id__in=ids)

@@ -143,3 +143,41 @@ def update(model: type[models.Model], objects: Sequence[models.Model], names: li
                 )
         if singles:
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk} = %s", singles)
+
+
+def set_by_ids(model: type[models.Model], ids: Sequence[int], **values: Any) -> None:
+    """``UPDATE … SET <values> WHERE id IN (ids)``, without building a queryset."""
+    if not ids:
+        return
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    fields = [model._meta.get_field(name) for name in values]
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    params = [_converter(f, connection)(values[f.name]) for f in fields]
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(model._meta.db_table)} SET {assignments} "
+            f"WHERE {quote(model._meta.pk.column)} IN ({marks})",
+            [*params, *ids],
+        )
+
+
+def values_by_ids(
+    model: type[models.Model], ids: Sequence[int], names: list[str]
+) -> dict[int, tuple]:
+    """``{id: (values of names)}`` for these rows, as stored (no conversion)."""
+    if not ids:
+        return {}
+    connection = connections[router.db_for_read(model)]
+    quote = connection.ops.quote_name
+    pk = quote(model._meta.pk.column)
+    columns = ", ".join([pk, *(quote(model._meta.get_field(n).column) for n in names)])
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {pk} IN ({marks})",
+            list(ids),
+        )
+        return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
