@@ -81,6 +81,7 @@ def run_rmail_queue(count: int) -> dict:
     from django.test import override_settings
 
     from django_reliable_mail import delivery
+    from django_reliable_mail.tasks import STREAM_SECONDS
 
     with override_settings(EMAIL_BACKEND="django_reliable_mail.backends.EmailBackend"):
         from django_q.conf import Conf
@@ -91,7 +92,7 @@ def run_rmail_queue(count: int) -> dict:
     def drain():
         total = 0
         while True:
-            summary = delivery.deliver_due(limit=500)
+            summary = delivery.deliver_due(limit=500, keep_going_seconds=STREAM_SECONDS)
             total += summary.sent
             if not summary.claimed:
                 return total
@@ -210,6 +211,7 @@ def run_memory(count: int) -> dict:
 
     from django_reliable_mail import delivery
     from django_reliable_mail.conf import get_config
+    from django_reliable_mail.tasks import STREAM_SECONDS
 
     config = get_config()
     chunk = 1000
@@ -222,7 +224,7 @@ def run_memory(count: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sent, started = 0, time.perf_counter()
     while True:
-        summary = delivery.deliver_due(limit=500, config=config)
+        summary = delivery.deliver_due(limit=500, config=config, keep_going_seconds=STREAM_SECONDS)
         sent += summary.sent
         if not summary.claimed:
             break

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -335,19 +337,23 @@ class _BodyMarker:
 
     def __init__(self, bridge: SyncBridge, order: list[int], window: int = BODY_MARK_WINDOW):
         self.bridge = bridge
-        self.order = order
+        self.unmarked: deque[int] = deque(order)  # in sending order
         self.window = window
-        self.marked: set[int] = set()
-        self.next = 0  # everything before this position in ``order`` is marked
+        self.marked: set[int] = set()  # marked and not yet finished
+
+    def add(self, message_ids: Iterable[int]) -> None:
+        self.unmarked.extend(message_ids)
+
+    def done(self, message_id: int) -> None:
+        self.marked.discard(message_id)
 
     def before_body_of(self, message_id: int) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
             if message_id in self.marked:
                 return
             ids = [message_id]
-            while len(ids) < self.window and self.next < len(self.order):
-                pk = self.order[self.next]
-                self.next += 1
+            while len(ids) < self.window and self.unmarked:
+                pk = self.unmarked.popleft()
                 if pk not in self.marked and pk != message_id:
                     ids.append(pk)
             self.marked.update(ids)
@@ -373,38 +379,65 @@ class RunSummary:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+GroupKey = tuple[str, str | None, tuple[str, ...]]
+
+
+def _group_key(message: OutboundMessage) -> GroupKey:
+    """Messages that can share connections: same provider, mailer and one-off overrides."""
+    options = message.options or {}
+    return (message.provider, options.get("mailer"), tuple(options.get(DISABLE_ONCE, ())))
+
+
 def deliver_due(
     *,
     config: Config | None = None,
     provider: str | None = None,
     ids: Iterable[int] | None = None,
     limit: int = 100,
+    keep_going_seconds: float = 0,
 ) -> RunSummary:
-    """Claim due messages, send them per provider over reused connections, record."""
+    """Claim due messages, send them per provider over reused connections, record.
+
+    With ``keep_going_seconds``, a batch of one provider becomes a stream: the next batch of
+    ``limit`` is claimed while the connections are still sending, until nothing of that
+    provider is due or that many seconds have passed. The connections stay open throughout.
+    """
     given = config
     config = config or get_config()
     summary = RunSummary()
     messages = claim(config=config, provider=provider, ids=ids, limit=limit)
     summary.claimed = len(messages)
-    groups: dict[tuple[str, str | None, tuple[str, ...]], list[OutboundMessage]] = {}
+    groups: dict[GroupKey, list[OutboundMessage]] = {}
     for message in messages:
-        options = message.options or {}
-        key = (message.provider, options.get("mailer"), tuple(options.get(DISABLE_ONCE, ())))
-        groups.setdefault(key, []).append(message)
-    for (name, mailer, disable_once), group in groups.items():
+        groups.setdefault(_group_key(message), []).append(message)
+    # Only a lone group streams: other groups' claimed messages would wait meanwhile.
+    stream = keep_going_seconds > 0 and ids is None and len(groups) == 1
+    for key, group in groups.items():
+        mailer = key[1]
         group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
-        summary.add(_deliver_group(name, group, config=group_config, disable_once=disable_once))
+        summary.add(
+            _deliver_group(
+                key,
+                group,
+                config=group_config,
+                refill_limit=limit if stream else 0,
+                keep_going_seconds=keep_going_seconds,
+            )
+        )
     return summary
 
 
 def _deliver_group(
-    name: str,
+    key: GroupKey,
     messages: list[OutboundMessage],
     *,
     config: Config,
-    disable_once: tuple[str, ...] = (),
+    refill_limit: int = 0,
+    keep_going_seconds: float = 0,
 ) -> RunSummary:
+    name, _, disable_once = key
     summary = RunSummary()
+    deadline = time.monotonic() + keep_going_seconds
     provider = config.provider(name)
     server = provider.server_settings(
         transcript_max_chars=config.transcript_max_chars,
@@ -416,16 +449,46 @@ def _deliver_group(
             server, disable_extensions=server.disable_extensions | frozenset(disable_once)
         )
 
-    recorded: list[tuple[OutboundMessage, AttemptResult]] = []
+    # Claimed and not yet recorded (whose leases need renewing). A stream keeps only these
+    # in memory, however many messages pass through it.
+    in_flight = {m.pk: m for m in messages}
+    health: dict[str, Any] = {"failure": None, "delivered": False}
 
     def record_chunk(chunk: list[tuple[Job, AttemptResult]]) -> None:
         items = [(job.key, result) for job, result in chunk]
         record_batch(items, provider=provider, config=config)
-        recorded.extend(items)
+        for message, result in items:
+            in_flight.pop(message.pk, None)
+            summary.attempts += 1
+            _count(summary, message.status)
+            if result.provider_level or result.pause_provider:
+                health["failure"] = result
+            if result.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL):
+                health["delivered"] = True
+
+    def claim_more() -> list[OutboundMessage]:
+        more = claim(config=config, provider=name, limit=refill_limit)
+        others = [m for m in more if _group_key(m) != key]
+        if others:  # another mailer or one-off override: not for these connections
+            release(others, until=timezone.now())
+        same = [m for m in more if _group_key(m) == key]
+        summary.claimed += len(same)
+        in_flight.update((m.pk, m) for m in same)
+        return same
 
     async def run(bridge: SyncBridge) -> BatchOutcome:
         marker = _BodyMarker(bridge, [m.pk for m in messages])
         jobs = [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in messages]
+        refill = None
+        if refill_limit:
+
+            async def refill() -> list[Job]:
+                if time.monotonic() >= deadline:
+                    return []
+                more = await bridge.call(claim_more)
+                marker.add(m.pk for m in more)
+                return [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in more]
+
         reserve = None
         if provider.rate_limit is not None:
             limit = provider.rate_limit
@@ -440,6 +503,7 @@ def _deliver_group(
         sending_done = False
 
         def on_result(job: Job, result: AttemptResult) -> None:
+            marker.done(job.key.pk)
             ready.append((job, result))
             if len(ready) >= RECORD_CHUNK:
                 wake.set()
@@ -455,7 +519,7 @@ def _deliver_group(
                 if sending_done:
                     return
 
-        renewer = asyncio.create_task(_keep_leases(bridge, messages, config.lease_seconds))
+        renewer = asyncio.create_task(_keep_leases(bridge, in_flight, config.lease_seconds))
         storing = asyncio.create_task(recorder())
         try:
             outcome = await send_batch(
@@ -465,6 +529,7 @@ def _deliver_group(
                 max_messages_per_connection=provider.max_messages_per_connection,
                 reserve_slot=reserve,
                 on_result=on_result,
+                refill=refill,
             )
         finally:
             sending_done = True
@@ -475,12 +540,7 @@ def _deliver_group(
 
     batch = SyncBridge().run(run)
     summary.connections = batch.connections
-    provider_failure = None
-    for message, result in recorded:
-        summary.attempts += 1
-        _count(summary, message.status)
-        if result.provider_level or result.pause_provider:
-            provider_failure = result
+    provider_failure = health["failure"]
     untouched = [job.key for job in batch.untouched]
     if provider_failure is not None:
         until = throttle.mark_degraded(
@@ -491,19 +551,23 @@ def _deliver_group(
         summary.released = release(untouched, until=until, reason=provider_failure.error)
         fail_over(config=config)
     else:
-        if any(r.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL) for _, r in recorded):
+        if health["delivered"]:
             throttle.mark_healthy(name)
         summary.released = release(untouched, until=timezone.now())
     return summary
 
 
-async def _keep_leases(bridge: SyncBridge, messages: list[OutboundMessage], seconds: int) -> None:
+async def _keep_leases(
+    bridge: SyncBridge, in_flight: dict[int, OutboundMessage], seconds: int
+) -> None:
     """Extend the batch's leases while it is being sent (a rate-limited batch can outlast
     one lease). A worker that dies stops renewing, and its leases run out."""
-    tokens = {m.claim_token for m in messages}
     while True:
         await asyncio.sleep(seconds / 3)
-        await bridge.call(_renew_leases, tokens, seconds)
+        # Read each time: a streaming batch adds messages as it goes.
+        tokens = {m.claim_token for m in list(in_flight.values())}
+        if tokens:
+            await bridge.call(_renew_leases, tokens, seconds)
 
 
 def _renew_leases(tokens: set[str], seconds: int) -> None:

@@ -18,6 +18,9 @@ from . import delivery
 #: The django-q2 Schedule that runs :func:`dispatch`; created by migration 0003.
 DISPATCH_SCHEDULE_NAME = "django_reliable_mail.dispatch"
 WAKE_CHUNK = 200
+#: How long one delivery task keeps claiming further batches over its open connections
+#: (well inside the recommended Q_CLUSTER timeout of 120 s).
+STREAM_SECONDS = 30
 
 
 def deliver(message_ids: list[int] | int) -> str:
@@ -164,14 +167,15 @@ def _still_waiting(connection: Any, model: Any, row_id: int, payload: str) -> bo
 
 
 def deliver_pending(limit: int = WAKE_CHUNK) -> str:
-    """The coalesced wake-up: deliver one batch of what is due.
+    """The coalesced wake-up: deliver what is due, a batch at a time.
 
     When more than one batch is waiting, another wake-up is queued first, so a second
-    worker can share the queue while this one sends.
+    worker can share the queue while this one sends. A provider's batch is streamed (the
+    next batch claimed while the connections keep sending) for up to ``STREAM_SECONDS``.
     """
     from django_q.tasks import async_task
 
     if delivery.due_messages(now=timezone.now()).count() > limit:
         async_task("django_reliable_mail.tasks.deliver_pending", limit, group="reliable_mail")
-    summary = delivery.deliver_due(limit=limit)
+    summary = delivery.deliver_due(limit=limit, keep_going_seconds=STREAM_SECONDS)
     return f"{summary.attempts} attempt(s), {summary.sent} sent"

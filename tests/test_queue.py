@@ -388,10 +388,11 @@ def test_a_full_batch_queues_a_second_wake_up_for_another_worker(smtp_server, se
     queue_async(settings)
     EmailBackend().send_messages([message() for _ in range(5)])
     before = len(queued_tasks())
-    assert tasks.deliver_pending(limit=2) == "2 attempt(s), 2 sent"
-    assert len(queued_tasks()) == before + 1  # the rest is someone else's batch
-    assert tasks.deliver_pending(limit=3) == "3 attempt(s), 3 sent"
-    assert len(queued_tasks()) == before + 1  # nothing was left over
+    # This worker streams batch after batch; another one was asked to share the queue.
+    assert tasks.deliver_pending(limit=2) == "5 attempt(s), 5 sent"
+    assert len(queued_tasks()) == before + 1
+    assert tasks.deliver_pending(limit=2) == "0 attempt(s), 0 sent"  # the helper finds none
+    assert len(queued_tasks()) == before + 1
 
 
 def test_a_wake_up_row_id_reused_by_another_task_does_not_count(settings):
@@ -407,3 +408,83 @@ def test_a_wake_up_row_id_reused_by_another_task_does_not_count(settings):
     OrmQ.objects.create(id=row_id, key=ours.key, payload="someone else's task", lock=ours.lock)
     EmailBackend().send_messages([message()])
     assert OrmQ.objects.count() == 2
+
+
+def test_a_stream_claims_the_next_batches_over_the_same_connection(smtp_server, settings):
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=1))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(9)])
+    assert delivery.deliver_due(limit=2).claimed == 2  # without keep_going: one batch
+    summary = delivery.deliver_due(limit=2, keep_going_seconds=30)
+    assert (summary.claimed, summary.sent, summary.connections) == (7, 7, 1)
+    assert server.log.connections == 2  # one for the single batch, one for the stream
+    assert set(OutboundMessage.objects.values_list("status", flat=True)) == {Status.SENT}
+    assert set(DeliveryAttempt.objects.values_list("number", flat=True)) == {1}
+    assert DeliveryAttempt.objects.count() == 9
+
+
+def test_a_stream_stops_claiming_at_its_deadline(smtp_server, settings):
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=1))
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(5)])
+    summary = delivery.deliver_due(limit=2, keep_going_seconds=1e-9)
+    assert summary.claimed == summary.sent == 2
+    assert OutboundMessage.objects.filter(status=Status.QUEUED).count() == 3
+
+
+def test_a_stream_hands_back_messages_that_need_other_connections(smtp_server, settings):
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=1))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(6)])
+    # An operator's "retry once without PIPELINING" on the last three: another session setup.
+    others = list(OutboundMessage.objects.order_by("id").values_list("pk", flat=True))[3:]
+    OutboundMessage.objects.filter(pk__in=others).update(
+        options={delivery.DISABLE_ONCE: ["PIPELINING"]}
+    )
+    summary = delivery.deliver_due(limit=2, keep_going_seconds=30)
+    assert summary.sent == 3
+    waiting = OutboundMessage.objects.filter(pk__in=others)
+    assert {(m.status, m.attempt_count) for m in waiting} == {(Status.QUEUED, 0)}
+    assert delivery.deliver_due(limit=10).sent == 3
+    assert OutboundMessage.objects.filter(status=Status.SENT).count() == 6
+
+
+def test_a_provider_failure_ends_the_stream_and_hands_everything_back(smtp_server, tls, settings):
+    server = smtp_server(tls="starttls", users={"app": PASSWORD})
+    bad = provider_for(server, tls[1], USERNAME="app", PASSWORD="wrong-one", MAX_CONNECTIONS=1)
+    settings.RELIABLE_MAIL = queue_config(main=bad)
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(6)])
+    summary = delivery.deliver_due(limit=2, keep_going_seconds=30)
+    assert summary.attempts == 1 and summary.sent == 0
+    assert not OutboundMessage.objects.filter(status=Status.SENDING).exists()
+    assert OutboundMessage.objects.filter(attempt_count=0).count() == 6
+    assert summary.released == summary.claimed - 1
+
+
+def test_a_stream_renews_the_leases_of_what_it_claimed_later(smtp_server, settings, monkeypatch):
+    from django_reliable_mail import throttle
+
+    server = smtp_server()
+    paced = provider_for(server, MAX_CONNECTIONS=1, RATE_LIMIT="4/s")
+    settings.RELIABLE_MAIL = {**queue_config(main=paced), "LEASE_SECONDS": 1}
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(8)])  # about 2 s: two leases
+    expired = []
+    reserve = throttle.reserve_slot
+
+    def reserve_and_look(*args, **kwargs):  # runs in the database thread before each send
+        expired.extend(
+            OutboundMessage.objects.filter(
+                status=Status.SENDING, lease_expires_at__lt=timezone.now()
+            ).values_list("pk", flat=True)
+        )
+        return reserve(*args, **kwargs)
+
+    monkeypatch.setattr(throttle, "reserve_slot", reserve_and_look)
+    summary = delivery.deliver_due(limit=2, keep_going_seconds=30)
+    assert summary.sent == 8
+    assert expired == []

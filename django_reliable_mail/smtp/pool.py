@@ -4,6 +4,10 @@ Up to ``max_connections`` sessions run side by side (asyncio); each takes the ne
 sends it (RSET between messages), and reconnects after ``max_messages_per_connection``
 messages, at the server's MAILMAX, or when the connection breaks. A provider-level failure
 stops the whole batch: the messages not yet tried come back untouched.
+
+With ``refill``, the batch is a stream: when few messages are left, the next ones are asked
+for while the connections keep sending, so claiming overlaps sending and the connections
+stay open from one batch to the next.
 """
 
 from __future__ import annotations
@@ -47,15 +51,45 @@ async def send_batch(
     max_messages_per_connection: int = 100,
     reserve_slot: Callable[[], Awaitable[float]] | None = None,
     on_result: Callable[[Job, AttemptResult], None] | None = None,
+    refill: Callable[[], Awaitable[list[Job]]] | None = None,
 ) -> BatchOutcome:
     queue: deque[Job] = deque(jobs)
     outcome = BatchOutcome(results=[], untouched=[])
     provider_failed = asyncio.Event()
+    # Ask for more while each connection still has about two messages to send.
+    low_water = 2 * max(1, max_connections)
+    stream: dict[str, Any] = {"task": None, "done": refill is None, "error": None}
+
+    async def take_more() -> None:
+        assert refill is not None
+        try:
+            more = await refill()
+        except Exception as exc:  # re-raised once the connections have finished
+            stream["error"], more = exc, []
+        if more and not provider_failed.is_set():
+            queue.extend(more)
+        elif more:
+            outcome.untouched.extend(more)
+        else:
+            stream["done"] = True
+        stream["task"] = None
+
+    async def next_job() -> Job | None:
+        while not provider_failed.is_set():
+            if not stream["done"] and stream["task"] is None and len(queue) <= low_water:
+                stream["task"] = asyncio.ensure_future(take_more())
+            if queue:
+                return queue.popleft()
+            if stream["done"]:
+                return None
+            await asyncio.shield(stream["task"])
+        return None
 
     def finished(job: Job, result: AttemptResult) -> None:
-        outcome.results.append((job, result))
         if on_result is not None:
-            on_result(job, result)
+            on_result(job, result)  # the caller keeps what it needs: a stream has no end
+        else:
+            outcome.results.append((job, result))
 
     async def run_connection() -> None:
         session: SMTPSession | None = None
@@ -73,8 +107,7 @@ async def send_batch(
                 last = None
 
         try:
-            while queue and not provider_failed.is_set():
-                job = queue.popleft()
+            while (job := await next_job()) is not None:
                 if session is None or not session.can_take(max_messages_per_connection):
                     if session is not None:
                         await close()
@@ -106,8 +139,11 @@ async def send_batch(
             if session is not None:
                 await close()
 
-    await asyncio.gather(
-        *(run_connection() for _ in range(max(1, min(max_connections, len(jobs)))))
-    )
-    outcome.untouched = list(queue)
+    connections = max_connections if refill is not None else min(max_connections, len(jobs))
+    await asyncio.gather(*(run_connection() for _ in range(max(1, connections))))
+    if stream["task"] is not None:  # a refill still on its way when the provider failed
+        await stream["task"]
+    outcome.untouched.extend(queue)
+    if stream["error"] is not None:
+        raise stream["error"]
     return outcome

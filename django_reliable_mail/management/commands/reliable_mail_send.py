@@ -27,6 +27,14 @@ class Command(BaseCommand):
             "--limit", type=int, default=0, help="stop after this many attempts (default: no limit)"
         )
         parser.add_argument("--batch", type=int, default=100, help="messages claimed at once")
+        parser.add_argument(
+            "--keep-going",
+            type=float,
+            default=5.0,
+            metavar="SECONDS",
+            help="keep claiming further batches of one provider over the open connections "
+            "for up to this long (0: one batch at a time); SIGTERM waits for it",
+        )
         parser.add_argument("--loop", action="store_true", help="keep polling for due mail")
         parser.add_argument(
             "--interval",
@@ -65,7 +73,13 @@ class Command(BaseCommand):
         while not stopping["now"]:
             total.recovered += delivery.recover_expired_leases(config=config)
             batch = options["batch"] if not limit else min(options["batch"], limit - total.attempts)
-            summary = delivery.deliver_due(config=config, provider=options["provider"], limit=batch)
+            summary = delivery.deliver_due(
+                config=config,
+                provider=options["provider"],
+                limit=batch,
+                # A limit counts attempts: a stream would overshoot it.
+                keep_going_seconds=0 if limit else options["keep_going"],
+            )
             total.add(summary)
             if progress and summary.attempts:
                 self.stdout.write(
