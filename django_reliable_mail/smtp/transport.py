@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
-from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
 from .capabilities import SUPPORTED_AUTH_MECHANISMS, Capabilities
 from .classify import (
@@ -157,8 +157,41 @@ class SMTPFailure(Exception):
         self.reply = reply
 
 
+class ReplyKeepingProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, keeping replies that arrive while an earlier one waits.
+
+    aiosmtplib drops data that arrives while a parsed reply is still waiting to be picked
+    up. With pipelining (RFC 2920) the next reply can arrive in exactly that moment (a
+    finished read reaches its reader through two turns of the event loop), and a dropped
+    reply turns into a timeout. Such data is kept in the buffer instead, and the next read
+    takes its reply from there.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._response_waiter
+        if waiter is not None and waiter.done() and self._response_pending:
+            self._buffer.extend(data)
+            return
+        super().data_received(data)
+
+    async def read_response(self, timeout: float | None = None) -> SMTPResponse:
+        waiter = self._response_waiter
+        if waiter is not None and not waiter.done() and self._buffer:
+            parsed = self._read_response_from_buffer()
+            if parsed is not None:
+                waiter.set_result(parsed)
+        return await super().read_response(timeout=timeout)
+
+
 class RecordingSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client with every command and reply written to a transcript."""
+
+    async def connect(self, **kwargs: Any) -> SMTPResponse:
+        response = await super().connect(**kwargs)
+        if self.protocol is not None and type(self.protocol) is SMTPProtocol:
+            # aiosmtplib builds its protocol inside connect() and offers no hook for it.
+            self.protocol.__class__ = ReplyKeepingProtocol
+        return response
 
     def __init__(self, *args: Any, transcript: Transcript, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,55 @@
+"""The service layer: store, claim, run the transport, record, schedule the retry.
+
+Everything that touches the database goes through here, so the backend, the tasks, the
+admin and the commands share one path. No transaction is ever held open while SMTP runs:
+claiming and recording are short transactions around the network work.
+
+- ``outbox``: validate and store messages in the caller's transaction;
+- ``claiming``: take due messages with a lease, give them back untried;
+- ``sending``: run the transport over claimed messages, streaming batches;
+- ``recording``: store attempts and move each message on;
+- ``recovery``: return messages whose worker vanished;
+- ``rows``: the prepared INSERT and UPDATE statements of the hot paths.
+"""
+
+from .claiming import claim, due_messages, fail_over, recipient_rows, release
+from .outbox import enqueue, prepare, validate_and_enqueue
+from .recording import MESSAGE_FIELDS, RECIPIENT_FIELDS, record, record_batch
+from .recovery import recover_expired_leases
+from .sending import (
+    BODY_MARK_WINDOW,
+    RECORD_CHUNK,
+    RunSummary,
+    deliver_due,
+    deliver_message,
+    deliver_messages,
+    envelope_for,
+)
+from .states import DISABLE_ONCE, OPEN_STATES, State, Status
+
+__all__ = [
+    "BODY_MARK_WINDOW",
+    "DISABLE_ONCE",
+    "MESSAGE_FIELDS",
+    "OPEN_STATES",
+    "RECIPIENT_FIELDS",
+    "RECORD_CHUNK",
+    "RunSummary",
+    "State",
+    "Status",
+    "claim",
+    "deliver_due",
+    "deliver_message",
+    "deliver_messages",
+    "due_messages",
+    "enqueue",
+    "envelope_for",
+    "fail_over",
+    "prepare",
+    "recipient_rows",
+    "record",
+    "record_batch",
+    "recover_expired_leases",
+    "release",
+    "validate_and_enqueue",
+]

@@ -1,0 +1,172 @@
+"""Store messages: validate them fully, then insert them in the caller's transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.mail import EmailMessage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .. import signals
+from ..conf import Config
+from ..exceptions import InvalidMessageError
+from ..models import OutboundMessage, RecipientStatus
+from ..options import DeliveryOptions, options_of
+from ..serialize import SerializedMessage, serialize
+from . import rows
+from .states import Status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    serialized: SerializedMessage
+    options: DeliveryOptions
+    provider: str
+
+
+def prepare(message: EmailMessage, *, config: Config, provider: str | None) -> _Prepared:
+    """Validate one message fully before anything is written."""
+    options = options_of(message)
+    serialized = serialize(message)
+    name = options.provider or provider or config.route(serialized.from_email)
+    config.provider(name)  # UnknownProviderError names the configured ones
+    return _Prepared(serialized, options, name)
+
+
+def _without_known_keys(prepared: Sequence[_Prepared]) -> list[_Prepared]:
+    """Drop messages whose idempotency key is already stored (or repeated in this batch)."""
+    keys = [p.options.idempotency_key for p in prepared if p.options.idempotency_key]
+    seen = (
+        set(
+            OutboundMessage.objects.filter(idempotency_key__in=keys).values_list(
+                "idempotency_key", flat=True
+            )
+        )
+        if keys
+        else set()
+    )
+    fresh = []
+    for p in prepared:
+        key = p.options.idempotency_key
+        if key is not None:
+            if key in seen:
+                logger.info("message with idempotency key %r is already queued", key)
+                continue
+            seen.add(key)
+        fresh.append(p)
+    return fresh
+
+
+def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list[OutboundMessage]:
+    """Store messages (status ``queued``) in the caller's transaction, all or none.
+
+    A message whose idempotency key is already stored (within the retention window: purged
+    messages take their keys with them) is not stored again. Two concurrent senders of the
+    same key are settled by the unique constraint.
+    """
+    prepared = _without_known_keys(prepared)
+    if not prepared:
+        return []
+    # A savepoint is only needed to survive a lost idempotency-key race inside the caller's
+    # transaction; without keys it would cost two extra round trips per send.
+    keyed = any(p.options.idempotency_key for p in prepared)
+    try:
+        with transaction.atomic(savepoint=keyed):
+            created = _insert(prepared, mailer=mailer)
+    except IntegrityError:
+        if not any(p.options.idempotency_key for p in prepared):
+            raise
+        # Lost a race on a key: store one by one, skipping keys someone else stored first.
+        created = []
+        for one in _without_known_keys(prepared):
+            try:
+                with transaction.atomic():
+                    created.extend(_insert([one], mailer=mailer))
+            except IntegrityError:
+                if one.options.idempotency_key is None:
+                    raise
+    for row in created:
+        signals.message_queued.send(sender=OutboundMessage, message=row)
+    return created
+
+
+def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
+    now = timezone.now()
+    created = [
+        OutboundMessage(
+            status=Status.QUEUED,
+            provider=p.provider,
+            from_email=p.serialized.from_email,
+            recipients=p.serialized.recipients,
+            subject=p.serialized.subject,
+            message_id=p.serialized.message_id,
+            mime=p.serialized.data,
+            size=len(p.serialized.data),
+            priority=p.options.priority,
+            send_at=p.options.send_at,
+            next_attempt_at=p.options.send_at or now,
+            require_tls=p.options.require_tls,
+            idempotency_key=p.options.idempotency_key,
+            tags=p.options.tags,
+            metadata=p.options.metadata,
+            options={**_dsn_options(p.options), **({"mailer": mailer} if mailer else {})},
+        )
+        for p in prepared
+    ]
+    rows.insert(OutboundMessage, created)
+    if any(row.pk is None for row in created):  # databases that return no ids
+        raise RuntimeError("the database did not return primary keys from bulk_create")
+    rows.insert(
+        RecipientStatus,
+        [
+            RecipientStatus(message=row, address=address)
+            for row in created
+            for address in row.recipients
+        ],
+    )
+    return created
+
+
+def _dsn_options(options: DeliveryOptions) -> dict[str, Any]:
+    dsn = {}
+    if options.dsn_notify:
+        dsn["dsn_notify"] = options.dsn_notify
+    if options.dsn_ret:
+        dsn["dsn_ret"] = options.dsn_ret
+    if options.dsn_envid:
+        dsn["dsn_envid"] = options.dsn_envid
+    return dsn
+
+
+def validate_and_enqueue(
+    messages: Sequence[EmailMessage],
+    *,
+    config: Config,
+    provider: str | None,
+    fail_silently: bool,
+    mailer: str | None = None,
+) -> tuple[list[OutboundMessage], int]:
+    """Validate every message, then store the valid ones in one transaction.
+
+    Without ``fail_silently`` one invalid message stores none of them (the caller sees the
+    error and nothing is half-stored); with it, invalid ones are skipped and logged.
+    Returns the stored rows and how many messages are accepted for delivery (a message
+    whose idempotency key was already stored counts as accepted: it is on its way).
+    """
+    prepared: list[_Prepared] = []
+    for message in messages:
+        try:
+            prepared.append(prepare(message, config=config, provider=provider))
+        except InvalidMessageError as exc:
+            if not fail_silently:
+                raise
+            logger.warning("message not queued: %s", exc)
+    if not prepared:
+        return [], 0
+    return enqueue(prepared, mailer=mailer), len(prepared)
