@@ -37,6 +37,7 @@ class Job:
 
 @dataclass
 class BatchOutcome:
+    #: Every result, when no ``on_result`` callback takes them as they come.
     results: list[tuple[Job, AttemptResult]]
     #: Jobs never tried because the provider failed first.
     untouched: list[Job]
