@@ -59,26 +59,27 @@ class _BodyMarker:
 
     def __init__(self, bridge: SyncBridge, order: list[int], window: int = BODY_MARK_WINDOW):
         self.bridge = bridge
-        self.unmarked: deque[int] = deque(order)  # in sending order
         self.window = window
-        self.marked: set[int] = set()  # marked and not yet finished
+        self.queue: deque[int] = deque()  # in sending order; may hold ids already marked
+        self.unmarked: set[int] = set()
+        self.add(order)
 
     def add(self, message_ids: Iterable[int]) -> None:
-        self.unmarked.extend(message_ids)
-
-    def done(self, message_id: int) -> None:
-        self.marked.discard(message_id)
+        for pk in message_ids:
+            self.queue.append(pk)
+            self.unmarked.add(pk)
 
     def before_body_of(self, message_id: int) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
-            if message_id in self.marked:
-                return
+            if message_id not in self.unmarked:
+                return  # marked with an earlier window (or an earlier recipient chunk)
+            self.unmarked.discard(message_id)
             ids = [message_id]
-            while len(ids) < self.window and self.unmarked:
-                pk = self.unmarked.popleft()
-                if pk not in self.marked and pk != message_id:
+            while len(ids) < self.window and self.queue:
+                pk = self.queue.popleft()
+                if pk in self.unmarked:
+                    self.unmarked.discard(pk)
                     ids.append(pk)
-            self.marked.update(ids)
             await self.bridge.call(_mark_body_started, ids)
 
         return mark
@@ -225,7 +226,6 @@ def _deliver_group(
         sending_done = False
 
         def on_result(job: Job, result: AttemptResult) -> None:
-            marker.done(job.key.pk)
             ready.append((job, result))
             if len(ready) >= RECORD_CHUNK:
                 wake.set()
