@@ -223,3 +223,29 @@ def test_wrong_password_against_postfix(postfix, django_capture_on_commit_callba
     assert row.status == OutboundMessage.Status.RETRYING and row.attempt_count == 0
     postfix.wait_for_log(r"SASL PLAIN authentication failed")
     assert "not-the-password" not in attempt.transcript
+
+
+@pytest.mark.django_db
+def test_a_batch_pipelines_each_transaction_behind_the_previous_body(postfix):
+    from django_reliable_mail import delivery
+    from django_reliable_mail.conf import get_config
+    from django_reliable_mail.models import DeliveryAttempt
+
+    subjects = [f"pipelined batch {i}" for i in range(4)]
+    with override_settings(RELIABLE_MAIL={**config(postfix, MAX_CONNECTIONS=1), "MODE": "queue"}):
+        settings = get_config()
+        messages = [
+            EmailMessage(subject, "Hello", "app@interop.test", ["user@interop.test"])
+            for subject in subjects
+        ]
+        delivery.enqueue([delivery.prepare(m, config=settings, provider=None) for m in messages])
+        summary = delivery.deliver_due(config=settings, limit=10)
+    assert (summary.sent, summary.connections) == (4, 1)
+    attempts = list(DeliveryAttempt.objects.order_by("id"))
+    for later in attempts[1:]:
+        assert "went out with the previous message's body" in later.transcript
+    for subject in subjects:
+        delivered_with(postfix, subject)
+    for attempt in attempts:
+        postfix.wait_for_log(rf"{attempt.queue_id}: to=<user@interop.test>.*status=sent")
+    assert "improper command pipelining" not in postfix.log()

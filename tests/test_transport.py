@@ -458,3 +458,63 @@ async def test_reused_connection_resets_only_after_an_aborted_transaction(smtp_s
     assert second.outcome == third.outcome == Outcome.ACCEPTED
     assert server.log.commands.count("RSET") == 1
     assert "C: RSET" in second.transcript and "C: RSET" not in third.transcript
+
+
+def batch_of(count):
+    from django_reliable_mail.smtp.pool import Job
+
+    return [Job(i, envelope(recipients=[f"r{i}@example.com"])) for i in range(count)]
+
+
+async def test_the_next_message_s_commands_follow_the_previous_body(smtp_server):
+    from django_reliable_mail.smtp.pool import send_batch
+
+    server = smtp_server(extensions=["PIPELINING"])
+    outcome = await send_batch(settings_for(server), batch_of(4), max_connections=1)
+    results = [r for _, r in sorted(outcome.results, key=lambda item: item[0].key)]
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 4
+    assert server.log.connections == 1
+    assert [m.rcpt_tos for m in server.messages] == [[f"r{i}@example.com"] for i in range(4)]
+    assert "follow (PIPELINING)" in results[0].transcript
+    for later in results[1:]:
+        assert "went out with the previous message's body" in later.transcript
+        assert "C: MAIL FROM:<a@example.com>" in later.transcript
+    assert "follow (PIPELINING)" not in results[-1].transcript  # nothing left to send
+
+
+async def test_a_refused_body_does_not_hold_up_the_next_transaction(smtp_server):
+    from django_reliable_mail.smtp.pool import send_batch
+
+    server = smtp_server(extensions=["PIPELINING"], data_reply="554 5.6.0 content refused")
+    outcome = await send_batch(settings_for(server), batch_of(3), max_connections=1)
+    assert [r.outcome for _, r in outcome.results] == [Outcome.PERMANENT_FAILURE] * 3
+    assert server.log.connections == 1 and server.log.commands.count("RSET") == 0
+
+
+async def test_a_lost_connection_leaves_the_pipelined_next_message_for_a_new_one(smtp_server):
+    from django_reliable_mail.smtp.pool import send_batch
+
+    server = smtp_server(extensions=["PIPELINING"], disconnect_after_body=True)
+    outcome = await send_batch(settings_for(server), batch_of(3), max_connections=1)
+    # Each body may have arrived; each next message was still sent, on a new connection.
+    assert sorted(job.key for job, _ in outcome.results) == [0, 1, 2]
+    assert {r.outcome for _, r in outcome.results} == {Outcome.UNKNOWN}
+    assert server.log.connections == 3 and outcome.untouched == []
+
+
+async def test_a_provider_failure_hands_back_the_pipelined_message_untried(smtp_server):
+    import time
+
+    from django_reliable_mail.smtp.pool import send_batch
+
+    server = smtp_server(extensions=["PIPELINING"], data_reply="550 5.4.5 daily quota exceeded")
+    quota = ReplyRule(Verdict.PROVIDER, code="550", enhanced="5.4.5")
+    started = time.monotonic()
+    outcome = await send_batch(
+        settings_for(server, reply_rules=(quota,)), batch_of(3), max_connections=1
+    )
+    assert [job.key for job, _ in outcome.results] == [0]
+    assert [job.key for job in outcome.untouched] == [1, 2]
+    transcript = outcome.results[0][1].transcript
+    assert "closed without QUIT" in transcript and "C: QUIT" not in transcript
+    assert time.monotonic() - started < 2  # no QUIT waiting inside an open DATA

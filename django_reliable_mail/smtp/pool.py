@@ -97,6 +97,21 @@ async def send_batch(
         # A connection's latest result is handed on only when the next message starts or
         # the connection closes: the QUIT belongs in the last message's transcript.
         last: tuple[Job, AttemptResult] | None = None
+        # Taken from the queue while the current body goes out, to pipeline its commands.
+        reserved: Job | None = None
+
+        def take_next() -> Envelope | None:
+            nonlocal reserved
+            if (
+                reserve_slot is not None  # each MAIL waits for its rate-limit slot
+                or provider_failed.is_set()
+                or not queue
+                or session is None
+                or not session.can_take(max_messages_per_connection)
+            ):
+                return None
+            reserved = queue.popleft()
+            return reserved.envelope
 
         async def close() -> None:
             nonlocal last
@@ -108,7 +123,13 @@ async def send_batch(
                 last = None
 
         try:
-            while (job := await next_job()) is not None:
+            while True:
+                if reserved is not None:
+                    if provider_failed.is_set():
+                        break
+                    job, reserved = reserved, None
+                elif (job := await next_job()) is None:
+                    break
                 if session is None or not session.can_take(max_messages_per_connection):
                     if session is not None:
                         await close()
@@ -127,7 +148,9 @@ async def send_batch(
                     wait = await reserve_slot()
                     if wait > 0:
                         await asyncio.sleep(wait)
-                result = await session.send(job.envelope, before_body=job.before_body)
+                result = await session.send(
+                    job.envelope, before_body=job.before_body, next_envelope=take_next
+                )
                 if last is not None:
                     finished(*last)
                 last = (job, result)
@@ -137,6 +160,8 @@ async def send_batch(
                     await close()
                     session = None
         finally:
+            if reserved is not None:  # never sent: back for another connection or untouched
+                queue.appendleft(reserved)
             if session is not None:
                 await close()
 

@@ -261,6 +261,25 @@ def _format_subject(cert: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def _envelope_lines(
+    envelope: Envelope, recipients: list[str], mail_params: list[str], rcpt_params: list[str]
+) -> list[bytes]:
+    """MAIL FROM and one RCPT TO per recipient, as they go on the wire."""
+    encoding = "utf-8" if "SMTPUTF8" in mail_params else "ascii"
+    mail = [b"MAIL", b"FROM:<" + envelope.sender.encode(encoding) + b">"]
+    lines = [b" ".join([*mail, *(p.encode("ascii") for p in mail_params)])]
+    for address in recipients:
+        rcpt = [b"RCPT", b"TO:<" + address.encode(encoding) + b">"]
+        lines.append(b" ".join([*rcpt, *(p.encode("ascii") for p in rcpt_params)]))
+    return lines
+
+
+def _check_commands(lines: list[bytes]) -> None:
+    for line in lines:
+        if _CONTROL_CHARACTERS.search(line):
+            raise ValueError("command contains a prohibited control character")
+
+
 def _needs_smtputf8(envelope: Envelope) -> bool:
     return not envelope.sender.isascii() or any(not r.isascii() for r in envelope.recipients)
 
@@ -304,6 +323,10 @@ class SMTPSession:
         # True between writing a body and reading its final reply: a connection lost then
         # leaves the message's fate unknown.
         self._awaiting_final_reply = False
+        #: Asked at a body for the message to send next on this connection, if any.
+        self._lookahead: Callable[[], Envelope | None] | None = None
+        #: The next message and its MAIL/RCPT/DATA lines, already written after a body.
+        self._prefetched: tuple[Envelope, list[bytes]] | None = None
 
     def _new_transcript(self) -> Transcript:
         transcript = Transcript(
@@ -573,14 +596,22 @@ class SMTPSession:
         )
 
     async def send(
-        self, envelope: Envelope, *, before_body: Callable[[], Awaitable[None]] | None = None
+        self,
+        envelope: Envelope,
+        *,
+        before_body: Callable[[], Awaitable[None]] | None = None,
+        next_envelope: Callable[[], Envelope | None] | None = None,
     ) -> AttemptResult:
         """Send one message over the open connection; never raises for SMTP outcomes.
 
         ``before_body`` is awaited after the server's 354 and before the body is written:
-        the last moment at which the message is certainly not delivered.
+        the last moment at which the message is certainly not delivered. ``next_envelope``
+        is asked, when the body goes out, for the message this connection sends next: with
+        PIPELINING its MAIL, RCPT and DATA follow the body in the same write, and the next
+        ``send()`` must be for that envelope.
         """
         self._before_body = before_body
+        self._lookahead = next_envelope
         result = self._new_result(envelope)
         if self.messages_sent:
             self.transcript = self._new_transcript()
@@ -628,7 +659,9 @@ class SMTPSession:
             for chunk in chunks:
                 if self._dirty:
                     await self._reset()
-                await self._transaction(envelope, chunk, mail_params, rcpt_params, result)
+                await self._transaction(
+                    envelope, chunk, mail_params, rcpt_params, result, last=chunk is chunks[-1]
+                )
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             state = "unknown" if self._awaiting_final_reply else "deferred"
             if state == "unknown":
@@ -677,7 +710,11 @@ class SMTPSession:
                 return "the message requires REQUIRETLS but the connection is not encrypted"
         return ""
 
-    def _parameters(self, envelope: Envelope) -> tuple[list[str], list[str]]:
+    def _parameters(
+        self, envelope: Envelope, *, quiet: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """MAIL and RCPT parameters; ``quiet`` leaves the notes to the message's own send."""
+        note = (lambda text: None) if quiet else self.transcript.event
         caps = self.capabilities
         mail: list[str] = []
         rcpt: list[str] = []
@@ -687,7 +724,7 @@ class SMTPSession:
             if caps.has("8BITMIME"):
                 mail.append("BODY=8BITMIME")
             else:
-                self.transcript.event("8-bit body sent without BODY=8BITMIME (not in effect)")
+                note("8-bit body sent without BODY=8BITMIME (not in effect)")
         if _needs_smtputf8(envelope):
             mail.append("SMTPUTF8")
         wants_dsn = bool(envelope.dsn_notify or envelope.dsn_ret or envelope.dsn_envid)
@@ -699,7 +736,7 @@ class SMTPSession:
             if envelope.dsn_notify:
                 rcpt.append("NOTIFY=" + ",".join(envelope.dsn_notify))
         elif wants_dsn:
-            self.transcript.event("DSN requested but not in effect; sent without DSN parameters")
+            note("DSN requested but not in effect; sent without DSN parameters")
         if envelope.require_tls:
             # RFC 8689 §4.1: only because the message asked for it, never because advertised.
             mail.append("REQUIRETLS")
@@ -712,32 +749,26 @@ class SMTPSession:
         mail_params: list[str],
         rcpt_params: list[str],
         result: AttemptResult,
+        *,
+        last: bool = True,
     ) -> None:
         assert self.smtp is not None
         rules = self.settings.reply_rules
-        encoding = "utf-8" if "SMTPUTF8" in mail_params else "ascii"
         for address in recipients:
             result.recipients[address] = RecipientResult(address, "pending")
         self.transactions += 1
-        mail_line = b" ".join(
-            [
-                b"MAIL",
-                b"FROM:<" + envelope.sender.encode(encoding) + b">",
-                *(p.encode("ascii") for p in mail_params),
-            ]
-        )
-        rcpt_lines = [
-            b" ".join(
-                [
-                    b"RCPT",
-                    b"TO:<" + address.encode(encoding) + b">",
-                    *(p.encode("ascii") for p in rcpt_params),
-                ]
-            )
-            for address in recipients
-        ]
+        mail_line, *rcpt_lines = _envelope_lines(envelope, recipients, mail_params, rcpt_params)
         self._dirty = True
-        if self.capabilities.has("PIPELINING"):
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            # Written after the previous message's body; only the replies are left to read.
+            assert prefetched == (envelope, [mail_line, *rcpt_lines, b"DATA"])
+            self.transcript.event(
+                "MAIL, RCPT and DATA went out with the previous message's body (PIPELINING)"
+            )
+            replies = await self._pipeline(prefetched[1], written=True)
+            mail, rcpts, start = replies[0], replies[1:-1], replies[-1]
+        elif self.capabilities.has("PIPELINING"):
             mail, rcpts, start = await self._pipelined_envelope(mail_line, rcpt_lines)
         else:
             mail, rcpts, start = await self._sequential_envelope(mail_line, rcpt_lines)
@@ -763,7 +794,8 @@ class SMTPSession:
             return
         if self._before_body is not None:
             await self._before_body()
-        final = await self._send_body(envelope.data, result)
+        following = self._next_in_pipeline() if last else None
+        final = await self._send_body(envelope.data, result, following)
         self._dirty = False  # the final reply ends the transaction, whatever it says
         reply = Reply(final.code, final.message)
         result.reply_code, result.reply_text = final.code, final.message
@@ -808,18 +840,17 @@ class SMTPSession:
             return mail, rcpts, None
         return mail, rcpts, (start if accepted else None)
 
-    async def _pipeline(self, lines: list[bytes]) -> list[SMTPResponse]:
+    async def _pipeline(self, lines: list[bytes], *, written: bool = False) -> list[SMTPResponse]:
         assert self.smtp is not None and self.smtp.protocol is not None
         protocol = self.smtp.protocol
-        for line in lines:
-            if _CONTROL_CHARACTERS.search(line):
-                raise ValueError("command contains a prohibited control character")
+        _check_commands(lines)
         lock = protocol._command_lock
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         async with lock:
             protocol._response_pending = True
-            protocol.write(b"".join(line + b"\r\n" for line in lines))
+            if not written:
+                protocol.write(b"".join(line + b"\r\n" for line in lines))
             for line in lines:
                 self.transcript.client(line.decode("utf-8", "replace"))
             replies = []
@@ -886,8 +917,32 @@ class SMTPSession:
                 address, state, reply.code, reply.text, stage
             )
 
-    async def _send_body(self, data: bytes, result: AttemptResult) -> SMTPResponse:
-        """Write the dot-stuffed body and read the final reply.
+    def _next_in_pipeline(self) -> tuple[Envelope, list[bytes]] | None:
+        """The next message's MAIL, RCPT and DATA, to follow this body (RFC 2920 §3.1: the
+        message content may start a group of commands), or None."""
+        if self._lookahead is None or not self.capabilities.has("PIPELINING"):
+            return None
+        following = self._lookahead()
+        if following is None:
+            return None
+        recipients = list(dict.fromkeys(following.recipients))
+        limits = [n for n in (self.capabilities.rcpt_max, self.settings.max_recipients) if n]
+        if self._local_refusal(following, len(recipients)) or (
+            limits and len(recipients) > min(limits)
+        ):
+            return None  # it goes the ordinary way, in its own turn
+        mail_params, rcpt_params = self._parameters(following, quiet=True)
+        lines = [*_envelope_lines(following, recipients, mail_params, rcpt_params), b"DATA"]
+        _check_commands(lines)
+        return following, lines
+
+    async def _send_body(
+        self,
+        data: bytes,
+        result: AttemptResult,
+        following: tuple[Envelope, list[bytes]] | None = None,
+    ) -> SMTPResponse:
+        """Write the dot-stuffed body (and any ``following`` commands) and read the final reply.
 
         aiosmtplib's ``data()`` hides whether the body had been written when a connection
         dies; we need that line (it separates ``transient`` from ``unknown``), so this does
@@ -897,6 +952,9 @@ class SMTPSession:
         protocol = self.smtp.protocol
         payload = _dot_stuffed(data)
         self.transcript.body(data)
+        if following is not None:
+            self.transcript.event("the next message's MAIL, RCPT and DATA follow (PIPELINING)")
+            payload += b"".join(line + b"\r\n" for line in following[1])
         lock = protocol._command_lock
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -905,11 +963,14 @@ class SMTPSession:
             protocol.write(payload)
             result.body_sent = True
             self._awaiting_final_reply = True
+            self._prefetched = following
             try:
                 response = await protocol.read_response(timeout=self.settings.timeout)
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
                 self._note_lost(exc, "the final reply")
                 raise
+            if following is not None:
+                protocol._response_pending = True  # their replies are on the way: keep them
         self._awaiting_final_reply = False
         self.transcript.server(response.code, response.message)
         return response
@@ -919,7 +980,13 @@ class SMTPSession:
     async def close(self) -> None:
         if self.smtp is None:
             return
-        if self.smtp.is_connected:
+        if self._prefetched is not None and self.smtp.is_connected:
+            # The server is inside the next transaction's DATA: a QUIT would be read as
+            # message text. Dropping the connection aborts that transaction (RFC 5321 §3.8).
+            self.transcript.event("closed without QUIT: a pipelined transaction was not used")
+            self._prefetched = None
+            self._close()
+        elif self.smtp.is_connected:
             try:
                 await asyncio.wait_for(self.smtp.quit(), timeout=min(self.settings.timeout, 5))
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
