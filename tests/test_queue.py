@@ -488,3 +488,33 @@ def test_a_stream_renews_the_leases_of_what_it_claimed_later(smtp_server, settin
     summary = delivery.deliver_due(limit=2, keep_going_seconds=30)
     assert summary.sent == 8
     assert expired == []
+
+
+def test_a_failing_recorder_ends_the_stream_with_its_error(smtp_server, settings, monkeypatch):
+    import signal
+
+    from django_reliable_mail.delivery import sending
+
+    def hung(signum, frame):
+        raise AssertionError("the stream hung after the recorder failed")
+
+    server = smtp_server(extensions=["PIPELINING"])
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=1))
+    queue_async(settings)
+    EmailBackend().send_messages([message() for _ in range(400)])
+    monkeypatch.setattr(sending, "RECORD_CHUNK", 10)
+
+    def broken_record(items, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(sending, "record_batch", broken_record)
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(RuntimeError, match="database went away"):
+            delivery.deliver_due(limit=20, keep_going_seconds=60)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    # Nothing was recorded: the claimed messages wait for their leases to run out.
+    assert OutboundMessage.objects.filter(status=Status.QUEUED).count() > 0

@@ -202,12 +202,25 @@ def _deliver_group(
     async def run(bridge: SyncBridge) -> BatchOutcome:
         marker = _BodyMarker(bridge, [m.pk for m in messages])
         jobs = [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in messages]
+        # Results are stored in chunks while the connections keep sending: the database
+        # work runs in this (the calling) thread, the SMTP work in the bridge's.
+        ready: list[tuple[Job, AttemptResult]] = []
+        wake = asyncio.Event()
+        stored = asyncio.Event()  # set after each chunk is recorded
+        backlog_limit = max(refill_limit, 2 * RECORD_CHUNK)
+        sending_done = False
+
         refill = None
         if refill_limit:
 
             async def refill() -> list[Job]:
-                if time.monotonic() >= deadline:
-                    return []
+                # Claim more only while recording keeps up with sending: a long stream then
+                # holds a bounded number of messages in memory.
+                while len(ready) >= backlog_limit and not storing.done():
+                    stored.clear()
+                    await stored.wait()
+                if time.monotonic() >= deadline or storing.done():
+                    return []  # (a failed recorder ends the stream; its error is raised)
                 more = await bridge.call(claim_more)
                 marker.add(m.pk for m in more)
                 return [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in more]
@@ -219,27 +232,25 @@ def _deliver_group(
             async def reserve() -> float:
                 return await bridge.call(throttle.reserve_slot, name, limit)
 
-        # Results are stored in chunks while the connections keep sending: the database
-        # work runs in this (the calling) thread, the SMTP work in the bridge's.
-        ready: list[tuple[Job, AttemptResult]] = []
-        wake = asyncio.Event()
-        sending_done = False
-
         def on_result(job: Job, result: AttemptResult) -> None:
             ready.append((job, result))
             if len(ready) >= RECORD_CHUNK:
                 wake.set()
 
         async def recorder() -> None:
-            while True:
-                await wake.wait()
-                wake.clear()
-                while ready:
-                    chunk = ready[:RECORD_CHUNK]
-                    del ready[: len(chunk)]
-                    await bridge.call(record_chunk, chunk)
-                if sending_done:
-                    return
+            try:
+                while True:
+                    await wake.wait()
+                    wake.clear()
+                    while ready:
+                        chunk = ready[:RECORD_CHUNK]
+                        del ready[: len(chunk)]
+                        await bridge.call(record_chunk, chunk)
+                        stored.set()
+                    if sending_done:
+                        return
+            finally:
+                stored.set()  # a refill waiting for room must not wait for a dead recorder
 
         renewer = asyncio.create_task(_keep_leases(bridge, in_flight, config.lease_seconds))
         storing = asyncio.create_task(recorder())
