@@ -53,11 +53,18 @@ class SyncBridge:
         thread.start()
         while (request := self._requests.get()) is not None:
             function, args, kwargs, loop, future = request
+            if future.cancelled():  # its caller stopped waiting (a lease renewer at the end)
+                continue
             try:
                 value, error = function(*args, **kwargs), None
             except Exception as exc:
                 value, error = None, exc
-            loop.call_soon_threadsafe(_settle, future, value, error)
+            try:
+                loop.call_soon_threadsafe(_settle, future, value, error)
+            except RuntimeError:
+                # The coroutine side has already finished and closed its loop: the caller was
+                # cancelled after asking, and nobody waits for this answer any more.
+                pass
         thread.join()
         if "error" in box:
             raise box["error"]

@@ -1,0 +1,35 @@
+"""The bridge between the SMTP event loop and the database thread."""
+
+import asyncio
+import time
+
+from django_reliable_mail.bridge import SyncBridge
+
+
+def test_calls_run_in_the_calling_thread_and_errors_come_back():
+    import threading
+
+    async def main(bridge):
+        thread = await bridge.call(lambda: threading.current_thread())
+        try:
+            await bridge.call(lambda: 1 / 0)
+        except ZeroDivisionError:
+            return thread
+
+    assert SyncBridge().run(main) is threading.current_thread()
+
+
+def test_a_call_whose_caller_was_cancelled_is_dropped_after_the_loop_ends():
+    ran = []
+
+    async def main(bridge):
+        busy = asyncio.ensure_future(bridge.call(time.sleep, 0.2))  # the database thread busy
+        await asyncio.sleep(0.02)
+        late = asyncio.ensure_future(bridge.call(ran.append, "late"))  # queued behind it
+        await asyncio.sleep(0.02)
+        busy.cancel()  # as the lease renewer is cancelled when a batch ends
+        late.cancel()
+        return "finished"
+
+    assert SyncBridge().run(main) == "finished"  # no "Event loop is closed"
+    assert ran == []  # nobody waits for it: not run at all
