@@ -520,7 +520,7 @@ def main() -> None:
 
     if args.only:
         return
-    # The bound: two round trips per message on each connection (MAIL/RCPT/DATA,
+    # The pipelined bound: two round trips per message on each connection (MAIL/RCPT/DATA,
     # then the body). Here the next message's commands ride with the previous body, so a
     # reused connection needs about one, and the figure can pass 100%.
     bound = args.latency_connections / (2 * 0.025)

@@ -97,8 +97,9 @@ def _date() -> str:
 def _body(text: str) -> tuple[bytes, str]:
     lines = text.replace("\r\n", "\n").replace("\r", "\n")
     if lines.isascii() and all(len(line) <= _MAX_BODY_LINE for line in lines.split("\n")):
-        data = lines.encode("ascii").replace(b"\n", b"\r\n")
-        return (data if data.endswith(b"\r\n") else data + b"\r\n"), "7bit"
-    encoded = binascii.b2a_qp(lines.encode("utf-8"), quotetabs=False, istext=True, header=False)
-    data = encoded.replace(b"\n", b"\r\n")
-    return (data if data.endswith(b"\r\n") else data + b"\r\n"), "quoted-printable"
+        data, encoding = lines.encode("ascii"), "7bit"
+    else:
+        data = binascii.b2a_qp(lines.encode("utf-8"), quotetabs=False, istext=True, header=False)
+        encoding = "quoted-printable"
+    data = data.replace(b"\n", b"\r\n")
+    return (data if data.endswith(b"\r\n") else data + b"\r\n"), encoding

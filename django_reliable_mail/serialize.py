@@ -63,16 +63,18 @@ def serialize(message: EmailMessage) -> SerializedMessage:
     envelope_recipients = list(
         dict.fromkeys(envelope_address(r, role="recipient") for r in recipients)
     )
-    plain = plain_message_bytes(message)
-    if plain is not None:
-        data, message_id = plain
-        return SerializedMessage(
-            from_email=from_email,
-            recipients=envelope_recipients,
-            data=wire_format(data),
-            subject=str(message.subject or "")[:998],
-            message_id=message_id,
-        )
+    data, message_id = plain_message_bytes(message) or _django_mime(message)
+    return SerializedMessage(
+        from_email=from_email,
+        recipients=envelope_recipients,
+        data=wire_format(data),
+        subject=str(message.subject or "")[:998],
+        message_id=message_id[:998],
+    )
+
+
+def _django_mime(message: EmailMessage) -> tuple[bytes, str]:
+    """Django's own MIME for the message, and its Message-ID."""
     try:
         if django.VERSION >= (6, 0):
             mime = message.message(policy=email.policy.SMTP)
@@ -86,10 +88,4 @@ def serialize(message: EmailMessage) -> SerializedMessage:
         raise InvalidMessageError(
             f"The message cannot be serialized to MIME: {type(exc).__name__}: {exc}"
         ) from exc
-    return SerializedMessage(
-        from_email=from_email,
-        recipients=envelope_recipients,
-        data=wire_format(data),
-        subject=str(message.subject or "")[:998],
-        message_id=str(mime.get("Message-ID", "") or "")[:998],
-    )
+    return data, str(mime.get("Message-ID", "") or "")

@@ -14,29 +14,14 @@ claiming and recording are short transactions around the network work.
 
 from .claiming import claim, due_messages, fail_over, recipient_rows, release
 from .outbox import enqueue, prepare, validate_and_enqueue
-from .recording import MESSAGE_FIELDS, RECIPIENT_FIELDS, record, record_batch
+from .recording import record, record_batch
 from .recovery import recover_expired_leases
-from .sending import (
-    BODY_MARK_WINDOW,
-    RECORD_CHUNK,
-    RunSummary,
-    deliver_due,
-    deliver_message,
-    deliver_messages,
-    envelope_for,
-)
-from .states import DISABLE_ONCE, OPEN_STATES, State, Status
+from .sending import RunSummary, deliver_due, deliver_message, deliver_messages, envelope_for
+from .states import DISABLE_ONCE
 
 __all__ = [
-    "BODY_MARK_WINDOW",
     "DISABLE_ONCE",
-    "MESSAGE_FIELDS",
-    "OPEN_STATES",
-    "RECIPIENT_FIELDS",
-    "RECORD_CHUNK",
     "RunSummary",
-    "State",
-    "Status",
     "claim",
     "deliver_due",
     "deliver_message",

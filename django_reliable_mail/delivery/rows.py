@@ -54,6 +54,11 @@ def _raw_cursor_class(vendor: str) -> Any:
     return RawCursor
 
 
+def _numbered(connection: Any) -> bool:
+    """Whether :func:`_cursor` gives this connection a cursor that wants ``$n`` marks."""
+    return _raw_cursor_class(connection.vendor) is not None
+
+
 @lru_cache(maxsize=256)
 def _marks(numbered: bool, count: int, first: int = 1) -> str:
     """``count`` placeholders, numbered from ``first`` where the cursor wants ``$n``."""
@@ -80,14 +85,28 @@ def _converter(field: models.Field, connection: Any) -> Callable[[Any], Any]:
     return lambda value: field.get_db_prep_save(value, connection)
 
 
-@lru_cache(maxsize=64)
-def _insert_plan(model: type[models.Model], alias: str) -> tuple[str, list, list]:
-    connection = connections[alias]
+def _assignments(connection: Any, fields: list[models.Field]) -> str:
+    """``"a" = %s, "b" = %s`` (or ``$1``, ``$2``): the SET list of an UPDATE."""
     quote = connection.ops.quote_name
+    marks = _marks(_numbered(connection), len(fields)).split(", ")
+    return ", ".join(f"{quote(f.column)} = {m}" for f, m in zip(fields, marks, strict=True))
+
+
+@lru_cache(maxsize=64)
+def _insert_plan(model: type[models.Model], alias: str) -> tuple[str, list, list, set]:
+    """The INSERT head, its fields, those stamped on save (auto_now), the JSON columns.
+
+    Only strings and fields are kept: the connection object is per thread.
+    """
+    quote = connections[alias].ops.quote_name
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(quote(f.column) for f in fields)
     head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
-    return head, fields, [_converter(f, connection) for f in fields]
+    stamped = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
+    json_columns = {i for i, f in enumerate(fields) if isinstance(f, models.JSONField)}
+    return head, fields, stamped, json_columns
 
 
 def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
@@ -103,14 +122,11 @@ def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
     if not connection.features.can_return_rows_from_bulk_insert:
         model.objects.using(alias).bulk_create(objects)
         return
-    head, fields, converters = _insert_plan(model, alias)
-    numbered = _raw_cursor_class(connection.vendor) is not None
-    stamped = [
-        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-    ]
+    head, fields, stamped, json_columns = _insert_plan(model, alias)
+    converters = [_converter(f, connection) for f in fields]
+    numbered = _numbered(connection)
     pk_column = connection.ops.quote_name(model._meta.pk.column)
     size = max(connection.ops.bulk_batch_size(fields, objects), 1)
-    json_columns = {i for i, f in enumerate(fields) if isinstance(f, models.JSONField)}
     memo: dict[tuple[int, tuple], Any] = {}  # the same extension list on every attempt
     with _cursor(connection) as cursor:
         for start in range(0, len(objects), size):
@@ -161,9 +177,7 @@ def update(model: type[models.Model], objects: Sequence[models.Model], names: li
     fields = [model._meta.get_field(name) for name in names]
     quote = connection.ops.quote_name
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
-    numbered = _raw_cursor_class(connection.vendor) is not None
-    marks = _marks(numbered, len(fields)).split(", ")
-    assignments = ", ".join(f"{quote(f.column)} = {m}" for f, m in zip(fields, marks, strict=True))
+    numbered = _numbered(connection)
     converters = [_converter(f, connection) for f in fields]
     groups: dict[str, tuple[list[Any], list[Any]]] = {}
     for obj in objects:
@@ -178,19 +192,30 @@ def update(model: type[models.Model], objects: Sequence[models.Model], names: li
         for values, pks in groups.values():
             if len(pks) == 1:
                 singles.append([*values, pks[0]])
-                continue
-            for start in range(0, len(pks), 500):
-                chunk = pks[start : start + 500]
-                ids = _marks(numbered, len(chunk), len(fields) + 1)
-                cursor.execute(
-                    f"UPDATE {table} SET {assignments} WHERE {pk} IN ({ids})",
-                    [*values, *chunk],
-                )
+            else:
+                _update_ids(cursor, model, fields, values, pks)
         if len(singles) > 1 and numbered:
             _update_from_values(cursor, connection, table, pk, fields, singles)
         elif singles:
             one = _marks(numbered, 1, len(fields) + 1)
+            assignments = _assignments(connection, fields)
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk} = {one}", singles)
+
+
+def _update_ids(
+    cursor: Any, model: type[models.Model], fields: list, values: list, ids: Sequence[int]
+) -> None:
+    """The same converted ``values`` for all ``ids``: ``UPDATE … WHERE id IN (…)``."""
+    connection = cursor.db
+    quote = connection.ops.quote_name
+    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
+    assignments = _assignments(connection, fields)
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = _marks(_numbered(connection), len(chunk), len(fields) + 1)
+        cursor.execute(
+            f"UPDATE {table} SET {assignments} WHERE {pk} IN ({marks})", [*values, *chunk]
+        )
 
 
 def _update_from_values(
@@ -225,21 +250,11 @@ def set_by_ids(model: type[models.Model], ids: Sequence[int], **values: Any) -> 
     """``UPDATE … SET <values> WHERE id IN (ids)``, without building a queryset."""
     if not ids:
         return
-    alias = router.db_for_write(model)
-    connection = connections[alias]
-    quote = connection.ops.quote_name
+    connection = connections[router.db_for_write(model)]
     fields = [model._meta.get_field(name) for name in values]
-    numbered = _raw_cursor_class(connection.vendor) is not None
-    marks = _marks(numbered, len(fields)).split(", ")
-    assignments = ", ".join(f"{quote(f.column)} = {m}" for f, m in zip(fields, marks, strict=True))
     params = [_converter(f, connection)(values[f.name]) for f in fields]
-    id_marks = _marks(numbered, len(ids), len(fields) + 1)
     with _cursor(connection) as cursor:
-        cursor.execute(
-            f"UPDATE {quote(model._meta.db_table)} SET {assignments} "
-            f"WHERE {quote(model._meta.pk.column)} IN ({id_marks})",
-            [*params, *ids],
-        )
+        _update_ids(cursor, model, fields, params, ids)
 
 
 def values_by_ids(
@@ -252,7 +267,7 @@ def values_by_ids(
     quote = connection.ops.quote_name
     pk = quote(model._meta.pk.column)
     columns = ", ".join([pk, *(quote(model._meta.get_field(n).column) for n in names)])
-    marks = _marks(_raw_cursor_class(connection.vendor) is not None, len(ids))
+    marks = _marks(_numbered(connection), len(ids))
     with _cursor(connection) as cursor:
         cursor.execute(
             f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {pk} IN ({marks})",

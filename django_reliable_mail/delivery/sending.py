@@ -200,8 +200,13 @@ def _deliver_group(
         return same
 
     async def run(bridge: SyncBridge) -> BatchOutcome:
-        marker = _BodyMarker(bridge, [m.pk for m in messages])
-        jobs = [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in messages]
+        marker = _BodyMarker(bridge, [])
+
+        def jobs_for(batch: list[OutboundMessage]) -> list[Job]:
+            marker.add(m.pk for m in batch)
+            return [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in batch]
+
+        jobs = jobs_for(messages)
         # Results are stored in chunks while the connections keep sending: the database
         # work runs in this (the calling) thread, the SMTP work in the bridge's.
         ready: list[tuple[Job, AttemptResult]] = []
@@ -221,9 +226,7 @@ def _deliver_group(
                     await stored.wait()
                 if time.monotonic() >= deadline or storing.done():
                     return []  # (a failed recorder ends the stream; its error is raised)
-                more = await bridge.call(claim_more)
-                marker.add(m.pk for m in more)
-                return [Job(m, envelope_for(m), marker.before_body_of(m.pk)) for m in more]
+                return jobs_for(await bridge.call(claim_more))
 
         reserve = None
         if provider.rate_limit is not None:

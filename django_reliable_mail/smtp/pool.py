@@ -1,9 +1,11 @@
 """Send a batch of messages for one provider over a few reused connections.
 
 Up to ``max_connections`` sessions run side by side (asyncio); each takes the next message,
-sends it (RSET between messages), and reconnects after ``max_messages_per_connection``
-messages, at the server's MAILMAX, or when the connection breaks. A provider-level failure
-stops the whole batch: the messages not yet tried come back untouched.
+sends it, and reconnects after ``max_messages_per_connection`` messages, at the server's
+MAILMAX, or when the connection breaks. While a body goes out, a session takes its next
+message already, so that message's commands can follow the body (PIPELINING). A
+provider-level failure stops the whole batch: the messages not yet tried come back
+untouched.
 
 With ``refill``, the batch is a stream: when few messages are left, the next ones are asked
 for while the connections keep sending, so claiming overlaps sending and the connections
@@ -75,12 +77,16 @@ async def send_batch(
             stream["done"] = True
         stream["task"] = None
 
+    def pop() -> Job | None:
+        """The next job if one is queued; asks for more first when few are left."""
+        if not stream["done"] and stream["task"] is None and len(queue) <= low_water:
+            stream["task"] = asyncio.ensure_future(take_more())
+        return queue.popleft() if queue else None
+
     async def next_job() -> Job | None:
         while not provider_failed.is_set():
-            if not stream["done"] and stream["task"] is None and len(queue) <= low_water:
-                stream["task"] = asyncio.ensure_future(take_more())
-            if queue:
-                return queue.popleft()
+            if (job := pop()) is not None:
+                return job
             if stream["done"]:
                 return None
             await asyncio.shield(stream["task"])
@@ -105,13 +111,12 @@ async def send_batch(
             if (
                 reserve_slot is not None  # each MAIL waits for its rate-limit slot
                 or provider_failed.is_set()
-                or not queue
                 or session is None
                 or not session.can_take(max_messages_per_connection)
             ):
                 return None
-            reserved = queue.popleft()
-            return reserved.envelope
+            reserved = pop()
+            return reserved.envelope if reserved is not None else None
 
         async def close() -> None:
             nonlocal last

@@ -186,19 +186,19 @@ class ReplyKeepingProtocol(SMTPProtocol):
 class RecordingSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client with every command and reply written to a transcript."""
 
-    async def connect(self, **kwargs: Any) -> SMTPResponse:
-        response = await super().connect(**kwargs)
-        if self.protocol is not None and type(self.protocol) is SMTPProtocol:
-            # aiosmtplib builds its protocol inside connect() and offers no hook for it.
-            self.protocol.__class__ = ReplyKeepingProtocol
-        return response
-
     def __init__(self, *args: Any, transcript: Transcript, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.transcript = transcript
         self._auth_exchange = False
         #: Set once the socket is really gone, so callers can wait for TLS teardown.
         self.connection_gone = asyncio.Event()
+
+    async def connect(self, **kwargs: Any) -> SMTPResponse:
+        response = await super().connect(**kwargs)
+        if self.protocol is not None and type(self.protocol) is SMTPProtocol:
+            # aiosmtplib builds its protocol inside connect() and offers no hook for it.
+            self.protocol.__class__ = ReplyKeepingProtocol
+        return response
 
     def _on_connection_lost(self, protocol: Any) -> None:
         self.connection_gone.set()
@@ -637,7 +637,6 @@ class SMTPSession:
             pass
 
     async def _transactions(self, envelope: Envelope, result: AttemptResult) -> None:
-        caps = self.capabilities
         pending = list(dict.fromkeys(envelope.recipients))
         local_problem = self._local_refusal(envelope, len(pending))
         if local_problem:
@@ -652,8 +651,7 @@ class SMTPSession:
         mail_params, rcpt_params = self._parameters(envelope)
         result.mail_parameters = mail_params
         result.rcpt_parameters = rcpt_params
-        limits = [n for n in (caps.rcpt_max, self.settings.max_recipients) if n]
-        chunk_size = min(limits) if limits else max(len(pending), 1)
+        chunk_size = self._recipients_per_transaction() or max(len(pending), 1)
         chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
         try:
             for chunk in chunks:
@@ -685,6 +683,11 @@ class SMTPSession:
         if not result.error and outcome not in (Outcome.ACCEPTED,):
             failed = [r for r in result.recipients.values() if r.state != "accepted"]
             result.error = "; ".join(f"{r.address}: {r.code} {r.text}" for r in failed)[:2000]
+
+    def _recipients_per_transaction(self) -> int | None:
+        """The server's RCPTMAX or our MAX_RECIPIENTS, whichever is lower (None: no limit)."""
+        limits = [n for n in (self.capabilities.rcpt_max, self.settings.max_recipients) if n]
+        return min(limits) if limits else None
 
     def _local_refusal(self, envelope: Envelope, recipient_count: int) -> str:
         """Why this message cannot go through this connection at all (before MAIL)."""
@@ -873,13 +876,7 @@ class SMTPSession:
             self.transcript.event("connection lost")
 
     async def _next_reply(self, protocol: Any) -> SMTPResponse:
-        # Several pipelined replies can arrive in one segment; aiosmtplib parses only the
-        # first of them, so the rest may already wait in its buffer.
-        waiter = protocol._response_waiter
-        if waiter is not None and not waiter.done() and protocol._buffer:
-            parsed = protocol._read_response_from_buffer()
-            if parsed is not None:
-                return parsed
+        # Replies already waiting in the buffer are parsed from there (ReplyKeepingProtocol).
         try:
             return await protocol.read_response(timeout=self.settings.timeout)
         finally:
@@ -926,10 +923,8 @@ class SMTPSession:
         if following is None:
             return None
         recipients = list(dict.fromkeys(following.recipients))
-        limits = [n for n in (self.capabilities.rcpt_max, self.settings.max_recipients) if n]
-        if self._local_refusal(following, len(recipients)) or (
-            limits and len(recipients) > min(limits)
-        ):
+        most = self._recipients_per_transaction()
+        if self._local_refusal(following, len(recipients)) or (most and len(recipients) > most):
             return None  # it goes the ordinary way, in its own turn
         mail_params, rcpt_params = self._parameters(following, quiet=True)
         lines = [*_envelope_lines(following, recipients, mail_params, rcpt_params), b"DATA"]
