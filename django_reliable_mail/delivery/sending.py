@@ -190,11 +190,12 @@ def _deliver_group(
                 health["delivered"] = True
 
     def claim_more() -> list[OutboundMessage]:
-        more = claim(config=config, provider=name, limit=refill_limit)
-        others = [m for m in more if _group_key(m) != key]
+        same: list[OutboundMessage] = []
+        others: list[OutboundMessage] = []
+        for message in claim(config=config, provider=name, limit=refill_limit):
+            (same if _group_key(message) == key else others).append(message)
         if others:  # another mailer or one-off override: not for these connections
             release(others, until=timezone.now())
-        same = [m for m in more if _group_key(m) == key]
         summary.claimed += len(same)
         in_flight.update((m.pk, m) for m in same)
         return same
