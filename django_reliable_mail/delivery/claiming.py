@@ -6,14 +6,16 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from .. import throttle
 from ..conf import Config
 from ..models import MessageEvent, OutboundMessage, RecipientStatus
+from . import rows
 from .states import Status
 
 logger = logging.getLogger(__name__)
@@ -46,13 +48,100 @@ def claim(
 
     PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint rows
     without waiting. Elsewhere (SQLite): a conditional UPDATE (compare-and-set on the status)
-    that only one writer can win per row. Either way the claim is marked with a token and
-    read back by it, so a worker only ever sees the rows it won.
+    that only one writer can win per row. Either way the claim is marked with a token, so a
+    worker only ever sees the rows it won.
     """
     now = now or timezone.now()
-    fail_over(config=config, now=now)
+    paused = throttle.degraded_providers(now)
+    fail_over(config=config, now=now, paused=paused)
     token = uuid.uuid4().hex
     lease = now + timedelta(seconds=config.lease_seconds)
+    connection = connections[router.db_for_write(OutboundMessage)]
+    if _updates_returning(connection):
+        claimed = _claim_returning(connection, provider, ids, limit, now, lease, token, paused)
+    else:
+        claimed = _claim_by_queryset(provider, ids, limit, now, lease, token)
+    _load_recipients(connection, claimed)
+    return claimed
+
+
+def _updates_returning(connection: Any) -> bool:
+    """UPDATE … RETURNING: PostgreSQL, and SQLite from 3.35 (as is INSERT … RETURNING)."""
+    return connection.vendor == "postgresql" or (
+        connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert
+    )
+
+
+def _claim_returning(
+    connection: Any,
+    provider: str | None,
+    ids: Iterable[int] | None,
+    limit: int,
+    now: datetime,
+    lease: datetime,
+    token: str,
+    paused: dict[str, datetime],
+) -> list[OutboundMessage]:
+    """The claim as one statement: it picks, leases and reads back the rows together."""
+    meta = OutboundMessage._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    def when(value: datetime) -> Any:
+        return meta.get_field("next_attempt_at").get_db_prep_value(value, connection)
+
+    waiting = [Status.QUEUED.value, Status.RETRYING.value]
+    where = [
+        f"{column('status')} IN (%s, %s)",
+        f"({column('next_attempt_at')} IS NULL OR {column('next_attempt_at')} <= %s)",
+    ]
+    params: list[Any] = [*waiting, when(now)]
+    if ids is not None:
+        ids = list(ids)
+        if not ids:
+            return []
+        where.append(f"{column('id')} IN ({', '.join(['%s'] * len(ids))})")
+        params.extend(ids)
+    if provider is not None:
+        where.append(f"{column('provider')} = %s")
+        params.append(provider)
+    if paused:
+        where.append(f"{column('provider')} NOT IN ({', '.join(['%s'] * len(paused))})")
+        params.extend(paused)
+    order = f"{column('priority')} DESC, {column('next_attempt_at')} ASC, {column('id')} ASC"
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    sql = (
+        f"UPDATE {table} SET {column('status')} = %s, {column('lease_expires_at')} = %s, "
+        f"{column('claim_token')} = %s, {column('body_started_at')} = NULL, "
+        f"{column('updated_at')} = %s "
+        f"WHERE {column('status')} IN (%s, %s) AND {column('id')} IN ("
+        f"SELECT {column('id')} FROM {table} WHERE {' AND '.join(where)} "
+        f"ORDER BY {order} LIMIT %s{lock}) "
+        f"RETURNING {rows.columns(OutboundMessage, connection)}"
+    )
+    head = [Status.SENDING.value, when(lease), token, when(now), *waiting]
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(sql, [*head, *params, limit])
+        claimed = rows.load(OutboundMessage, connection, cursor.fetchall())
+    # RETURNING gives no order: the sending order is the queue's.
+    claimed.sort(
+        key=lambda m: (-m.priority, m.next_attempt_at is not None, m.next_attempt_at or now, m.pk)
+    )
+    return claimed
+
+
+def _claim_by_queryset(
+    provider: str | None,
+    ids: Iterable[int] | None,
+    limit: int,
+    now: datetime,
+    lease: datetime,
+    token: str,
+) -> list[OutboundMessage]:
+    """The claim for databases without UPDATE … RETURNING: pick, update, read back."""
     due = due_messages(now=now, provider=provider, ids=ids).order_by(
         "-priority", "next_attempt_at", "id"
     )
@@ -71,18 +160,33 @@ def claim(
             body_started_at=None,
             updated_at=now,
         )
-    claimed = list(
+    return list(
         OutboundMessage.objects.filter(
             pk__in=picked, claim_token=token, status=Status.SENDING
         ).order_by("-priority", "next_attempt_at", "id")
     )
-    # One query for all recipients; prefetch_related builds a queryset per message.
+
+
+def _load_recipients(connection: Any, claimed: list[OutboundMessage]) -> None:
+    """All the claimed messages' recipient rows in one query (``prefetch_related`` would
+    build a queryset per message)."""
     by_message: dict[int, list[RecipientStatus]] = {m.pk: [] for m in claimed}
-    for status in RecipientStatus.objects.filter(message_id__in=list(by_message)):
-        by_message[status.message_id].append(status)
+    if not by_message:
+        return
+    meta = RecipientStatus._meta
+    quote = connection.ops.quote_name
+    marks = ", ".join(["%s"] * len(by_message))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {rows.columns(RecipientStatus, connection)} FROM {quote(meta.db_table)} "
+            f"WHERE {quote(meta.get_field('message').column)} IN ({marks}) "
+            f"ORDER BY {quote(meta.pk.column)}",
+            list(by_message),
+        )
+        for status in rows.load(RecipientStatus, connection, cursor.fetchall()):
+            by_message[status.message_id].append(status)
     for message in claimed:
         message.recipient_rows = by_message[message.pk]
-    return claimed
 
 
 def recipient_rows(message: OutboundMessage) -> list[RecipientStatus]:
@@ -93,14 +197,17 @@ def recipient_rows(message: OutboundMessage) -> list[RecipientStatus]:
     return rows_
 
 
-def fail_over(*, config: Config, now: datetime | None = None) -> int:
+def fail_over(
+    *, config: Config, now: datetime | None = None, paused: dict[str, datetime] | None = None
+) -> int:
     """Move waiting messages of paused providers to their FALLBACK (if that one is up).
 
     Each moved message gets a ``failover`` event; its next attempt records the fallback as
     the provider that carried it.
     """
     now = now or timezone.now()
-    paused = throttle.degraded_providers(now)
+    if paused is None:
+        paused = throttle.degraded_providers(now)
     moved = 0
     for name in paused:
         provider = config.providers.get(name)

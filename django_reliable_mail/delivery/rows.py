@@ -274,3 +274,31 @@ def values_by_ids(
             list(ids),
         )
         return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+
+
+def columns(model: type[models.Model], connection: Any) -> str:
+    """Every concrete column of ``model``, quoted, in field order (what :func:`load` reads)."""
+    quote = connection.ops.quote_name
+    return ", ".join(quote(f.column) for f in model._meta.concrete_fields)
+
+
+def load(model: type[models.Model], connection: Any, fetched: Sequence[Sequence[Any]]) -> list:
+    """Model instances from rows of :func:`columns`, converted as a queryset converts them
+    (the backend's converters, then each field's ``from_db_value``)."""
+    fields = model._meta.concrete_fields
+    plan = []
+    for i, field in enumerate(fields):
+        col = field.cached_col
+        converters = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
+        if converters:
+            plan.append((i, col, converters))
+    names = [f.attname for f in fields]
+    alias = connection.alias
+    loaded = []
+    for row in fetched:
+        values = list(row)
+        for i, col, converters in plan:
+            for convert in converters:
+                values[i] = convert(values[i], col, connection)
+        loaded.append(model.from_db(alias, names, values))
+    return loaded
