@@ -71,18 +71,34 @@ class EmailBackend(BaseEmailBackend):
             )
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
-        """Store every message, then deliver after commit. Returns how many were accepted."""
+        """Store every message, then deliver after commit. Returns how many were accepted.
+
+        A message whose idempotency key was already stored counts as accepted: it is on its
+        way.
+        """
         if not email_messages:
             return 0
+        prepared = delivery.validate(
+            list(email_messages),
+            config=self.config,
+            provider=self.provider if self._provider_given else None,
+            fail_silently=self.fail_silently,
+        )
+        if not prepared:
+            return 0
         queue_here = self.config.mode == "queue" and tasks.wake_in_transaction()
-        with transaction.atomic():
-            rows, accepted = delivery.validate_and_enqueue(
-                list(email_messages),
-                config=self.config,
-                provider=self.provider if self._provider_given else None,
-                fail_silently=self.fail_silently,
-                mailer=self.mailer,
+        if queue_here and delivery.enqueues_in_one_statement(prepared):
+            _, woken = delivery.enqueue_in_one_statement(
+                prepared[0], mailer=self.mailer, wake_check=tasks.pending_wake_check()
             )
+            if not woken:
+                # (Outside a transaction the message is already committed: a crash right
+                # here leaves it to the dispatcher, which wakes lost messages.)
+                with transaction.atomic(savepoint=False):
+                    tasks.queue_wake_in_transaction()
+            return 1
+        with transaction.atomic():
+            rows = delivery.enqueue(prepared, mailer=self.mailer)
             ids = [row.pk for row in rows]
             if ids and queue_here:
                 # Commits (or rolls back) together with the messages.
@@ -93,4 +109,4 @@ class EmailBackend(BaseEmailBackend):
                 transaction.on_commit(lambda: delivery.deliver_messages(ids, config=config))
             else:
                 transaction.on_commit(lambda: tasks.wake(ids))
-        return accepted
+        return len(prepared)

@@ -127,43 +127,63 @@ def wake_pending_in_transaction() -> None:
     our commit, so a worker cannot take it in between and run before our message is visible;
     a row already taken has its lock time in the future and does not count.
     """
+    check = pending_wake_check()
+    if check is not None:
+        sql, params, payload = check
+        alias = _wake_alias()
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchone()
+        if found is not None and found[0] == payload:
+            return
+    queue_wake_in_transaction()
+
+
+def _wake_alias() -> str:
     from django.db import router
-    from django_q.brokers import get_broker
-    from django_q.models import OrmQ
-    from django_q.tasks import async_task
 
     from .models import OutboundMessage
 
-    alias = router.db_for_write(OutboundMessage)
-    row = _pending_wake.get(alias)
-    if row is not None and _still_waiting(connections[alias], OrmQ, *row):
-        return
-    broker = _RememberingBroker(get_broker())
-    async_task("django_reliable_mail.tasks.deliver_pending", group="reliable_mail", broker=broker)
-    if broker.row is not None:
-        _pending_wake[alias] = broker.row
+    return router.db_for_write(OutboundMessage)
 
 
-def _still_waiting(connection: Any, model: Any, row_id: int, payload: str) -> bool:
-    """Is this broker row not yet taken by a worker? Locks it until our commit if so.
+def pending_wake_check() -> tuple[str, list[Any], str] | None:
+    """The query that finds (and locks) the wake-up this process queued last, if it is
+    still waiting: ``(sql with %s marks, params, the payload it must return)``.
 
     Plain SQL: this runs inside every ``send_mail()``, and building the query through the
-    ORM costs more than running it.
+    ORM costs more than running it. None when this process has queued no wake-up yet.
     """
+    from django_q.models import OrmQ
+
+    alias = _wake_alias()
+    row = _pending_wake.get(alias)
+    if row is None:
+        return None
+    row_id, payload = row
+    connection = connections[alias]
     quote = connection.ops.quote_name
-    pk, lock = quote(model._meta.pk.column), quote(model._meta.get_field("lock").column)
-    payload_column = quote(model._meta.get_field("payload").column)
+    meta = OrmQ._meta
+    pk, lock = quote(meta.pk.column), quote(meta.get_field("lock").column)
     sql = (
-        f"SELECT {payload_column} FROM {quote(model._meta.db_table)} "
+        f"SELECT {quote(meta.get_field('payload').column)} FROM {quote(meta.db_table)} "
         f"WHERE {pk} = %s AND {lock} <= %s"
     )
     if connection.features.has_select_for_update:
         sql += " FOR UPDATE"
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [row_id, now])
-        found = cursor.fetchone()
-    return found is not None and found[0] == payload
+    return sql, [row_id, now], payload
+
+
+def queue_wake_in_transaction() -> None:
+    """Queue a new coalesced wake-up in the current transaction and remember its row."""
+    from django_q.brokers import get_broker
+    from django_q.tasks import async_task
+
+    broker = _RememberingBroker(get_broker())
+    async_task("django_reliable_mail.tasks.deliver_pending", group="reliable_mail", broker=broker)
+    if broker.row is not None:
+        _pending_wake[_wake_alias()] = broker.row
 
 
 def deliver_pending(limit: int = WAKE_CHUNK) -> str:

@@ -14,10 +14,16 @@ from django_reliable_mail.delivery import claiming
 from django_reliable_mail.models import OutboundMessage
 
 from .test_backend import message
-from .test_queue import queue_async, queue_config
+from .test_queue import queue_async, queue_config, queue_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = OutboundMessage.Status
+
+
+@pytest.fixture(autouse=True)
+def _restore_sync():
+    yield
+    queue_sync()
 
 
 @pytest.fixture(params=["returning", "queryset"])

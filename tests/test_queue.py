@@ -518,3 +518,32 @@ def test_a_failing_recorder_ends_the_stream_with_its_error(smtp_server, settings
         signal.signal(signal.SIGALRM, previous)
     # Nothing was recorded: the claimed messages wait for their leases to run out.
     assert OutboundMessage.objects.filter(status=Status.QUEUED).count() > 0
+
+
+def test_one_statement_enqueue_stores_what_the_general_path_stores(settings):
+    """PostgreSQL stores a lone send_mail() in one statement; the rows must not differ."""
+    from django.forms.models import model_to_dict
+
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
+    queue_async(settings)
+    mail = message(to=["b@example.com", "a@example.com"], cc=["c@example.com"])
+    mail.reliable_mail = {"priority": 3, "tags": ["reset"], "metadata": {"user": 7}}
+    prepared = delivery.validate([mail], config=get_config(), provider=None, fail_silently=False)
+    if not delivery.enqueues_in_one_statement(prepared):
+        pytest.skip("one-statement enqueue is for PostgreSQL")
+    one, _ = delivery.enqueue_in_one_statement(prepared[0], mailer=None, wake_check=None)
+    (general,) = delivery.enqueue(prepared, mailer=None)
+    skip = {"id", "created_at", "updated_at", "next_attempt_at"}
+
+    def stored(pk):
+        row = OutboundMessage.objects.get(pk=pk)
+        fields = {k: v for k, v in model_to_dict(row).items() if k not in skip}
+        fields["mime"] = bytes(row.mime)
+        recipients = [
+            (r.address, r.state, r.reply_code, r.reply_text, r.attempt_id)
+            for r in row.recipient_statuses.order_by("pk")
+        ]
+        return fields, recipients
+
+    assert stored(one.pk) == stored(general.pk)
+    assert [r[0] for r in stored(one.pk)[1]] == ["b@example.com", "a@example.com", "c@example.com"]

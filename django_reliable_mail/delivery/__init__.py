@@ -13,7 +13,13 @@ claiming and recording are short transactions around the network work.
 """
 
 from .claiming import claim, due_messages, fail_over, recipient_rows, release
-from .outbox import enqueue, prepare, validate_and_enqueue
+from .outbox import (
+    enqueue,
+    enqueue_in_one_statement,
+    enqueues_in_one_statement,
+    prepare,
+    validate,
+)
 from .recording import record, record_batch
 from .recovery import recover_expired_leases
 from .sending import RunSummary, deliver_due, deliver_message, deliver_messages, envelope_for
@@ -28,6 +34,8 @@ __all__ = [
     "deliver_messages",
     "due_messages",
     "enqueue",
+    "enqueue_in_one_statement",
+    "enqueues_in_one_statement",
     "envelope_for",
     "fail_over",
     "prepare",
@@ -36,5 +44,5 @@ __all__ = [
     "record_batch",
     "recover_expired_leases",
     "release",
-    "validate_and_enqueue",
+    "validate",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from .. import signals
@@ -96,9 +96,91 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
     return created
 
 
+def enqueues_in_one_statement(prepared: Sequence[_Prepared]) -> bool:
+    """Whether :func:`enqueue_in_one_statement` can store these: one message without an
+    idempotency key (a key needs the savepoint of :func:`enqueue`), on PostgreSQL."""
+    connection = connections[router.db_for_write(OutboundMessage)]
+    return (
+        len(prepared) == 1
+        and prepared[0].options.idempotency_key is None
+        and connection.vendor == "postgresql"
+    )
+
+
+def enqueue_in_one_statement(
+    prepared: _Prepared, *, mailer: str | None, wake_check: tuple[str, list[Any], str] | None
+) -> tuple[OutboundMessage, bool]:
+    """PostgreSQL: the message, its recipient rows and the wake-up check in one statement.
+
+    Each statement is a network round trip; ``send_mail()`` would otherwise take five
+    (BEGIN, two INSERTs, the wake-up check, COMMIT). Outside a transaction the statement
+    commits by itself. ``wake_check`` is :func:`tasks.pending_wake_check`'s query; returns
+    the stored row and whether that wake-up is still waiting (and now locked until commit).
+    """
+    connection = connections[router.db_for_write(OutboundMessage)]
+    (row,) = _rows([prepared], mailer=mailer)
+    message_sql, params = rows.insert_one_sql(row, connection)
+    quote = connection.ops.quote_name
+    meta = RecipientStatus._meta
+    template = RecipientStatus(message_id=0, address="")
+    names, values = [], []
+    for field in meta.concrete_fields:
+        if field.primary_key:
+            continue
+        names.append(quote(field.column))
+        if field.name == "message":
+            values.append("m.id")
+        elif field.name == "address":
+            values.append("a.address")
+        else:
+            # Typed: in a SELECT list the server cannot infer a parameter's type.
+            values.append(f"%s::{field.db_type(connection)}")
+            params.append(rows.converted(field, connection, getattr(template, field.attname)))
+    params.append(list(row.recipients))
+    sql = (
+        f"WITH m AS ({message_sql} RETURNING {quote(OutboundMessage._meta.pk.column)} AS id), "
+        f"r AS (INSERT INTO {quote(meta.db_table)} ({', '.join(names)}) "
+        f"SELECT {', '.join(values)} FROM m, unnest(%s::text[]) WITH ORDINALITY AS a(address, n) "
+        f"ORDER BY a.n)"
+    )
+    if wake_check is not None:
+        check_sql, check_params, payload = wake_check
+        sql += f", w AS ({check_sql})"
+        params.extend(check_params)
+        sql += " SELECT m.id, (SELECT * FROM w) FROM m"
+    else:
+        payload = None
+        sql += " SELECT m.id, NULL FROM m"
+    with rows.cursor(connection) as cursor:
+        cursor.execute(rows.numbered(sql, connection), params)
+        pk, found = cursor.fetchone()
+    row.pk = pk
+    row._state.adding = False
+    row._state.db = connection.alias
+    signals.message_queued.send(sender=OutboundMessage, message=row)
+    return row, payload is not None and found == payload
+
+
 def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
+    created = _rows(prepared, mailer=mailer)
+    rows.insert(OutboundMessage, created)
+    if any(row.pk is None for row in created):  # databases that return no ids
+        raise RuntimeError("the database did not return primary keys from bulk_create")
+    rows.insert(
+        RecipientStatus,
+        [
+            RecipientStatus(message=row, address=address)
+            for row in created
+            for address in row.recipients
+        ],
+    )
+    return created
+
+
+def _rows(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
+    """Unsaved message rows, status ``queued``."""
     now = timezone.now()
-    created = [
+    return [
         OutboundMessage(
             status=Status.QUEUED,
             provider=p.provider,
@@ -119,18 +201,6 @@ def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[Outbou
         )
         for p in prepared
     ]
-    rows.insert(OutboundMessage, created)
-    if any(row.pk is None for row in created):  # databases that return no ids
-        raise RuntimeError("the database did not return primary keys from bulk_create")
-    rows.insert(
-        RecipientStatus,
-        [
-            RecipientStatus(message=row, address=address)
-            for row in created
-            for address in row.recipients
-        ],
-    )
-    return created
 
 
 def _dsn_options(options: DeliveryOptions) -> dict[str, Any]:
@@ -144,20 +214,17 @@ def _dsn_options(options: DeliveryOptions) -> dict[str, Any]:
     return dsn
 
 
-def validate_and_enqueue(
+def validate(
     messages: Sequence[EmailMessage],
     *,
     config: Config,
     provider: str | None,
     fail_silently: bool,
-    mailer: str | None = None,
-) -> tuple[list[OutboundMessage], int]:
-    """Validate every message, then store the valid ones in one transaction.
+) -> list[_Prepared]:
+    """Validate every message before anything is stored.
 
     Without ``fail_silently`` one invalid message stores none of them (the caller sees the
     error and nothing is half-stored); with it, invalid ones are skipped and logged.
-    Returns the stored rows and how many messages are accepted for delivery (a message
-    whose idempotency key was already stored counts as accepted: it is on its way).
     """
     prepared: list[_Prepared] = []
     for message in messages:
@@ -167,6 +234,4 @@ def validate_and_enqueue(
             if not fail_silently:
                 raise
             logger.warning("message not queued: %s", exc)
-    if not prepared:
-        return [], 0
-    return enqueue(prepared, mailer=mailer), len(prepared)
+    return prepared

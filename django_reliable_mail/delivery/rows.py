@@ -85,6 +85,11 @@ def _converter(field: models.Field, connection: Any) -> Callable[[Any], Any]:
     return lambda value: field.get_db_prep_save(value, connection)
 
 
+def converted(field: models.Field, connection: Any, value: Any) -> Any:
+    """``value`` as this module binds it for ``field``."""
+    return _converter(field, connection)(value)
+
+
 def _assignments(connection: Any, fields: list[models.Field]) -> str:
     """``"a" = %s, "b" = %s`` (or ``$1``, ``$2``): the SET list of an UPDATE."""
     quote = connection.ops.quote_name
@@ -133,20 +138,58 @@ def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
             chunk = objects[start : start + size]
             params: list[Any] = []
             for obj in chunk:
-                for field in stamped:
-                    field.pre_save(obj, add=True)
-                for i, (field, convert) in enumerate(zip(fields, converters, strict=True)):
-                    value = getattr(obj, field.attname)
-                    if i in json_columns:
-                        params.append(_converted_once(memo, i, value, convert))
-                    else:
-                        params.append(convert(value))
+                params.extend(_row_params(obj, fields, converters, stamped, json_columns, memo))
             values = _values(numbered, len(chunk), len(fields))
             cursor.execute(f"{head}{values} RETURNING {pk_column}", params)
             for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
                 obj.pk = pk
                 obj._state.adding = False
                 obj._state.db = alias
+
+
+def _row_params(
+    obj: models.Model,
+    fields: list,
+    converters: list[Callable[[Any], Any]],
+    stamped: list,
+    json_columns: set,
+    memo: dict,
+) -> list[Any]:
+    for field in stamped:
+        field.pre_save(obj, add=True)
+    params = []
+    for i, (field, convert) in enumerate(zip(fields, converters, strict=True)):
+        value = getattr(obj, field.attname)
+        params.append(
+            _converted_once(memo, i, value, convert) if i in json_columns else convert(value)
+        )
+    return params
+
+
+def insert_one_sql(obj: models.Model, connection: Any) -> tuple[str, list[Any]]:
+    """``INSERT … VALUES (%s, …)`` for one new object, and its parameters (for callers that
+    build a larger statement around it; :func:`numbered` turns the marks into ``$n``)."""
+    head, fields, stamped, json_columns = _insert_plan(type(obj), connection.alias)
+    converters = [_converter(f, connection) for f in fields]
+    params = _row_params(obj, fields, converters, stamped, json_columns, {})
+    return head + "(" + _marks(False, len(fields)) + ")", params
+
+
+def numbered(sql: str, connection: Any) -> str:
+    """``sql`` with its ``%s`` marks as ``$1``, ``$2``… where :func:`cursor` binds that way.
+
+    Only for statements built here, from quoted names and marks (no literal ``%s``)."""
+    if not _numbered(connection):
+        return sql
+    parts = sql.split("%s")
+    return "".join(
+        part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1)
+    )
+
+
+def cursor(connection: Any) -> Any:
+    """A cursor for statements of this module's style (see :func:`numbered`)."""
+    return _cursor(connection)
 
 
 def _converted_once(memo: dict, column: int, value: Any, convert: Callable) -> Any:
