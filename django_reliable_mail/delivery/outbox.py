@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from django.core.mail import EmailMessage
@@ -119,11 +120,29 @@ def enqueue_in_one_statement(
     """
     connection = connections[router.db_for_write(OutboundMessage)]
     (row,) = _rows([prepared], mailer=mailer)
-    message_sql, params = rows.insert_one_sql(row, connection)
+    message_params = rows.insert_params(row, connection)
+    check_sql, check_params, payload = wake_check or (None, [], None)
+    sql, defaults = _one_statement(connection.alias, check_sql)
+    params = [*message_params, *defaults, list(row.recipients), *check_params]
+    with rows.cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        pk, found = cursor.fetchone()
+    row.pk = pk
+    row._state.adding = False
+    row._state.db = connection.alias
+    signals.message_queued.send(sender=OutboundMessage, message=row)
+    return row, payload is not None and found == payload
+
+
+@lru_cache(maxsize=16)
+def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The statement of :func:`enqueue_in_one_statement` (built once per database and wake-up
+    query) and the values of the recipient columns that take their defaults."""
+    connection = connections[alias]
     quote = connection.ops.quote_name
     meta = RecipientStatus._meta
     template = RecipientStatus(message_id=0, address="")
-    names, values = [], []
+    names, values, defaults = [], [], []
     for field in meta.concrete_fields:
         if field.primary_key:
             continue
@@ -135,30 +154,19 @@ def enqueue_in_one_statement(
         else:
             # Typed: in a SELECT list the server cannot infer a parameter's type.
             values.append(f"%s::{field.db_type(connection)}")
-            params.append(rows.converted(field, connection, getattr(template, field.attname)))
-    params.append(list(row.recipients))
+            defaults.append(rows.converted(field, connection, getattr(template, field.attname)))
     sql = (
-        f"WITH m AS ({message_sql} RETURNING {quote(OutboundMessage._meta.pk.column)} AS id), "
+        f"WITH m AS ({rows.insert_one_sql(OutboundMessage, connection)} "
+        f"RETURNING {quote(OutboundMessage._meta.pk.column)} AS id), "
         f"r AS (INSERT INTO {quote(meta.db_table)} ({', '.join(names)}) "
         f"SELECT {', '.join(values)} FROM m, unnest(%s::text[]) WITH ORDINALITY AS a(address, n) "
         f"ORDER BY a.n)"
     )
-    if wake_check is not None:
-        check_sql, check_params, payload = wake_check
-        sql += f", w AS ({check_sql})"
-        params.extend(check_params)
-        sql += " SELECT m.id, (SELECT * FROM w) FROM m"
+    if check_sql is not None:
+        sql += f", w AS ({check_sql}) SELECT m.id, (SELECT * FROM w) FROM m"
     else:
-        payload = None
         sql += " SELECT m.id, NULL FROM m"
-    with rows.cursor(connection) as cursor:
-        cursor.execute(rows.numbered(sql, connection), params)
-        pk, found = cursor.fetchone()
-    row.pk = pk
-    row._state.adding = False
-    row._state.db = connection.alias
-    signals.message_queued.send(sender=OutboundMessage, message=row)
-    return row, payload is not None and found == payload
+    return rows.numbered(sql, connection), tuple(defaults)
 
 
 def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:

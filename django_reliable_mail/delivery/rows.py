@@ -166,13 +166,19 @@ def _row_params(
     return params
 
 
-def insert_one_sql(obj: models.Model, connection: Any) -> tuple[str, list[Any]]:
-    """``INSERT … VALUES (%s, …)`` for one new object, and its parameters (for callers that
-    build a larger statement around it; :func:`numbered` turns the marks into ``$n``)."""
-    head, fields, stamped, json_columns = _insert_plan(type(obj), connection.alias)
+def insert_one_sql(model: type[models.Model], connection: Any) -> str:
+    """``INSERT … VALUES (%s, …)`` for one row of ``model``, for callers that build a larger
+    statement around it (:func:`numbered` turns the marks into ``$n``); its parameters come
+    from :func:`insert_params`."""
+    head, fields, _, _ = _insert_plan(model, connection.alias)
+    return head + "(" + _marks(False, len(fields)) + ")"
+
+
+def insert_params(obj: models.Model, connection: Any) -> list[Any]:
+    """The parameters of :func:`insert_one_sql` for one new object."""
+    _, fields, stamped, json_columns = _insert_plan(type(obj), connection.alias)
     converters = [_converter(f, connection) for f in fields]
-    params = _row_params(obj, fields, converters, stamped, json_columns, {})
-    return head + "(" + _marks(False, len(fields)) + ")", params
+    return _row_params(obj, fields, converters, stamped, json_columns, {})
 
 
 def numbered(sql: str, connection: Any) -> str:
