@@ -31,7 +31,7 @@ def envelope_address(value: Any, *, role: str) -> str:
     """
     text = str(value or "")
     if BARE_ADDRESS.match(text):  # the common case, without the parser
-        return text
+        return _within_limit(text, role)
     if "\r" in text or "\n" in text:
         raise InvalidMessageError(f"The {role} address {text!r} contains a line break.")
     parsed = getaddresses([text])
@@ -48,7 +48,21 @@ def envelope_address(value: Any, *, role: str) -> str:
             raise InvalidMessageError(
                 f"The {role} address {text!r} has a domain that cannot be encoded: {exc}."
             ) from exc
-    return f"{local}@{domain}"
+    return _within_limit(f"{local}@{domain}", role)
+
+
+#: The longest address stored (the envelope columns' length). RFC 5321 paths are shorter,
+#: but some real addresses (SRS, VERP) go past its 64-octet local part.
+MAX_ADDRESS_LENGTH = 320
+
+
+def _within_limit(address: str, role: str) -> str:
+    if len(address) > MAX_ADDRESS_LENGTH:
+        raise InvalidMessageError(
+            f"The {role} address {address[:40]!r}… is {len(address)} characters long; "
+            f"at most {MAX_ADDRESS_LENGTH} are accepted."
+        )
+    return address
 
 
 def serialize(message: EmailMessage) -> SerializedMessage:

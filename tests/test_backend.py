@@ -249,6 +249,13 @@ def test_routes_by_sender_domain(smtp_server, django_capture_on_commit_callbacks
         ({"to": []}, None, InvalidMessageError, "no recipients"),
         ({"to": ["not an address"]}, None, InvalidMessageError, "not a valid email address"),
         ({"to": ["a@example.com\nBcc: x@example.com"]}, None, InvalidMessageError, "line break"),
+        ({"to": ["x" * 310 + "@example.com"]}, None, InvalidMessageError, "322 characters"),
+        (
+            {"from_email": "Shop <" + "s" * 320 + "@example.com>"},
+            None,
+            InvalidMessageError,
+            "sender (from_email) address",
+        ),
         ({}, {"provider": "nowhere"}, UnknownProviderError, "Unknown provider 'nowhere'"),
         ({}, {"priorty": 1}, InvalidMessageError, "unknown option(s) 'priorty'"),
         ({}, {"dsn_notify": ["SOMETIMES"]}, InvalidMessageError, "dsn_notify"),
