@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,10 +58,11 @@ def claim(
     token = uuid.uuid4().hex
     lease = now + timedelta(seconds=config.lease_seconds)
     connection = connections[router.db_for_write(OutboundMessage)]
+    wanted = _Wanted(provider, None if ids is None else list(ids), limit, now, lease, token)
     if _updates_returning(connection):
-        claimed = _claim_returning(connection, provider, ids, limit, now, lease, token, paused)
+        claimed = _claim_returning(connection, wanted, paused)
     else:
-        claimed = _claim_by_queryset(provider, ids, limit, now, lease, token)
+        claimed = _claim_by_queryset(wanted)
     _load_recipients(connection, claimed)
     return claimed
 
@@ -72,17 +74,23 @@ def _updates_returning(connection: Any) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """What one claim asks for, and the lease it gives."""
+
+    provider: str | None
+    ids: list[int] | None
+    limit: int
+    now: datetime
+    lease: datetime
+    token: str
+
+
 def _claim_returning(
-    connection: Any,
-    provider: str | None,
-    ids: Iterable[int] | None,
-    limit: int,
-    now: datetime,
-    lease: datetime,
-    token: str,
-    paused: dict[str, datetime],
+    connection: Any, wanted: _Wanted, paused: dict[str, datetime]
 ) -> list[OutboundMessage]:
     """The claim as one statement: it picks, leases and reads back the rows together."""
+    provider, ids, limit, now = wanted.provider, wanted.ids, wanted.limit, wanted.now
     meta = OutboundMessage._meta
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
@@ -100,7 +108,6 @@ def _claim_returning(
     ]
     params: list[Any] = [*waiting, when(now)]
     if ids is not None:
-        ids = list(ids)
         if not ids:
             return []
         where.append(f"{column('id')} IN ({', '.join(['%s'] * len(ids))})")
@@ -122,7 +129,7 @@ def _claim_returning(
         f"ORDER BY {order} LIMIT %s{lock}) "
         f"RETURNING {rows.columns(OutboundMessage, connection)}"
     )
-    head = [Status.SENDING.value, when(lease), token, when(now), *waiting]
+    head = [Status.SENDING.value, when(wanted.lease), wanted.token, when(now), *waiting]
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(sql, [*head, *params, limit])
         claimed = rows.load(OutboundMessage, connection, cursor.fetchall())
@@ -133,36 +140,29 @@ def _claim_returning(
     return claimed
 
 
-def _claim_by_queryset(
-    provider: str | None,
-    ids: Iterable[int] | None,
-    limit: int,
-    now: datetime,
-    lease: datetime,
-    token: str,
-) -> list[OutboundMessage]:
+def _claim_by_queryset(wanted: _Wanted) -> list[OutboundMessage]:
     """The claim for databases without UPDATE … RETURNING: pick, update, read back."""
-    due = due_messages(now=now, provider=provider, ids=ids).order_by(
+    due = due_messages(now=wanted.now, provider=wanted.provider, ids=wanted.ids).order_by(
         "-priority", "next_attempt_at", "id"
     )
     with transaction.atomic():
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)
-        picked = list(due.values_list("pk", flat=True)[:limit])
+        picked = list(due.values_list("pk", flat=True)[: wanted.limit])
         if not picked:
             return []
         OutboundMessage.objects.filter(
             pk__in=picked, status__in=(Status.QUEUED, Status.RETRYING)
         ).update(
             status=Status.SENDING,
-            lease_expires_at=lease,
-            claim_token=token,
+            lease_expires_at=wanted.lease,
+            claim_token=wanted.token,
             body_started_at=None,
-            updated_at=now,
+            updated_at=wanted.now,
         )
     return list(
         OutboundMessage.objects.filter(
-            pk__in=picked, claim_token=token, status=Status.SENDING
+            pk__in=picked, claim_token=wanted.token, status=Status.SENDING
         ).order_by("-priority", "next_attempt_at", "id")
     )
 
