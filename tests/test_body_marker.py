@@ -27,3 +27,71 @@ def test_each_message_is_marked_once_even_when_sent_out_of_order():
     assert bridge.calls == [[5, 1, 2], [3, 4, 6], [7]]
     marked = [pk for call in bridge.calls for pk in call]
     assert sorted(marked) == [1, 2, 3, 4, 5, 6, 7]  # nothing twice, nothing left out
+
+
+class SlowBridge:
+    """Commits only when told to, and can be told to fail."""
+
+    def __init__(self):
+        self.calls = []
+        self.release = None
+        self.error = None
+
+    async def call(self, function, ids):
+        self.calls.append(list(ids))
+        await self.release.wait()
+        if self.error:
+            raise self.error
+
+
+def test_a_body_in_a_window_being_committed_waits_for_that_commit():
+    bridge = SlowBridge()
+    marker = _BodyMarker(bridge, [1, 2, 3], window=3)
+    sent = []
+
+    async def body(pk):
+        await marker.before_body_of(pk)()
+        sent.append(pk)
+
+    async def main():
+        bridge.release = asyncio.Event()
+        first = asyncio.create_task(body(1))
+        await asyncio.sleep(0)  # message 1 starts committing the window [1, 2, 3]
+        second = asyncio.create_task(body(2))  # another connection, same window
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sent == []  # neither body may go out before the window is durable
+        bridge.release.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(main())
+    assert sorted(sent) == [1, 2] and bridge.calls == [[1, 2, 3]]
+
+
+def test_when_the_commit_fails_no_body_of_its_window_goes_out():
+    bridge = SlowBridge()
+    marker = _BodyMarker(bridge, [1, 2, 3], window=3)
+    sent, errors = [], []
+
+    async def body(pk):
+        try:
+            await marker.before_body_of(pk)()
+        except Exception as exc:
+            errors.append((pk, type(exc).__name__))
+            return
+        sent.append(pk)
+
+    async def main():
+        bridge.release = asyncio.Event()
+        bridge.error = ConnectionError("database went away")
+        first = asyncio.create_task(body(1))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(body(2))
+        await asyncio.sleep(0)
+        bridge.release.set()
+        await asyncio.gather(first, second)
+        await body(3)  # later, same window: still refused
+
+    asyncio.run(main())
+    assert sent == []
+    assert errors == [(1, "ConnectionError"), (2, "RuntimeError"), (3, "RuntimeError")]

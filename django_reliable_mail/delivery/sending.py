@@ -62,6 +62,9 @@ class _BodyMarker:
         self.window = window
         self.queue: deque[int] = deque()  # in sending order; may hold ids already marked
         self.unmarked: set[int] = set()
+        # Windows being committed right now: another connection's message in such a window
+        # must wait for that commit before its body goes out.
+        self.committing: dict[int, asyncio.Future[None]] = {}
         self.add(order)
 
     def add(self, message_ids: Iterable[int]) -> None:
@@ -71,6 +74,10 @@ class _BodyMarker:
 
     def before_body_of(self, message_id: int) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
+            in_progress = self.committing.get(message_id)
+            if in_progress is not None:
+                await asyncio.shield(in_progress)  # raises if that commit failed
+                return
             if message_id not in self.unmarked:
                 return  # marked with an earlier window (or an earlier recipient chunk)
             self.unmarked.discard(message_id)
@@ -80,9 +87,28 @@ class _BodyMarker:
                 if pk in self.unmarked:
                     self.unmarked.discard(pk)
                     ids.append(pk)
-            await self.bridge.call(_mark_body_started, ids)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.add_done_callback(_consume_error)
+            for pk in ids:
+                self.committing[pk] = done
+            try:
+                await self.bridge.call(_mark_body_started, ids)
+            except BaseException as exc:
+                # Not known to be durable: no body of this window may go out. The failed
+                # future stays, so later callers for these messages raise too.
+                done.set_exception(RuntimeError(f"marking bodies as started failed: {exc!r}"))
+                raise
+            done.set_result(None)
+            for pk in ids:
+                del self.committing[pk]
 
         return mark
+
+
+def _consume_error(future: asyncio.Future[None]) -> None:
+    # Every waiter sees the error; nobody need be left to "retrieve" it.
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass
