@@ -547,3 +547,20 @@ def test_one_statement_enqueue_stores_what_the_general_path_stores(settings):
 
     assert stored(one.pk) == stored(general.pk)
     assert [r[0] for r in stored(one.pk)[1]] == ["b@example.com", "a@example.com", "c@example.com"]
+
+
+def test_messages_named_by_id_are_claimed_a_bounded_number_at_a_time(
+    smtp_server, settings, monkeypatch
+):
+    from django_reliable_mail.delivery import sending
+
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=1))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(5)])
+    monkeypatch.setattr(sending, "IDS_PER_CLAIM", 2)
+    ids = list(OutboundMessage.objects.order_by("pk").values_list("pk", flat=True))
+    summary = delivery.deliver_messages(ids)
+    assert summary.claimed == 5 and summary.sent == 5
+    assert summary.connections == 3  # one batch (and connection) per 2 ids
+    assert len(server.messages) == 5

@@ -358,6 +358,15 @@ def deliver_message(message_id: int, *, config: Config | None = None) -> Deliver
     return DeliveryAttempt.objects.filter(message_id=message_id).order_by("-number").first()
 
 
+#: Messages claimed by id at once (each id is a statement parameter, and databases cap those).
+IDS_PER_CLAIM = 500
+
+
 def deliver_messages(message_ids: Iterable[int], *, config: Config | None = None) -> RunSummary:
+    """Claim, send and record these messages (those still due), a batch at a time."""
     ids = list(message_ids)
-    return deliver_due(config=config, ids=ids, limit=max(len(ids), 1))
+    summary = RunSummary()
+    for start in range(0, max(len(ids), 1), IDS_PER_CLAIM):
+        chunk = ids[start : start + IDS_PER_CLAIM]
+        summary.add(deliver_due(config=config, ids=chunk, limit=max(len(chunk), 1)))
+    return summary
