@@ -10,12 +10,14 @@ connection is left behind in a stray thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_URGENT, _NORMAL = 0, 1
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -29,13 +31,27 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
 
 class SyncBridge:
     def __init__(self) -> None:
-        self._requests: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        # (priority, arrival, request): urgent calls first, otherwise in arrival order.
+        self._requests: queue.PriorityQueue[tuple[int, int, tuple[Any, ...] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._arrivals = itertools.count()
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``function`` in the thread that called :meth:`run`; await its result."""
+        return await self._call(_NORMAL, function, args, kwargs)
+
+    async def call_urgent(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`call`, ahead of the calls already waiting (for a caller that holds
+        up a connection while it waits)."""
+        return await self._call(_URGENT, function, args, kwargs)
+
+    async def _call(
+        self, priority: int, function: Callable[..., T], args: tuple, kwargs: dict
+    ) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._requests.put((function, args, kwargs, loop, future))
+        self._requests.put((priority, next(self._arrivals), (function, args, kwargs, loop, future)))
         return await future
 
     def run(self, make_coroutine: Callable[[SyncBridge], Coroutine[Any, Any, T]]) -> T:
@@ -47,11 +63,11 @@ class SyncBridge:
             except BaseException as exc:  # handed back to the calling thread
                 box["error"] = exc
             finally:
-                self._requests.put(None)
+                self._requests.put((_NORMAL, next(self._arrivals), None))
 
         thread = threading.Thread(target=target, name="reliable-mail-smtp", daemon=True)
         thread.start()
-        while (request := self._requests.get()) is not None:
+        while (request := self._requests.get()[2]) is not None:
             function, args, kwargs, loop, future = request
             if future.cancelled():  # its caller stopped waiting (a lease renewer at the end)
                 continue

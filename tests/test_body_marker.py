@@ -9,7 +9,7 @@ class RecordingBridge:
     def __init__(self):
         self.calls = []
 
-    async def call(self, function, ids):
+    async def call_urgent(self, function, ids):
         self.calls.append(list(ids))
 
 
@@ -37,7 +37,7 @@ class SlowBridge:
         self.release = None
         self.error = None
 
-    async def call(self, function, ids):
+    async def call_urgent(self, function, ids):
         self.calls.append(list(ids))
         await self.release.wait()
         if self.error:
@@ -94,4 +94,21 @@ def test_when_the_commit_fails_no_body_of_its_window_goes_out():
 
     asyncio.run(main())
     assert sent == []
-    assert errors == [(1, "ConnectionError"), (2, "RuntimeError"), (3, "RuntimeError")]
+    assert errors == [(1, "RuntimeError"), (2, "RuntimeError"), (3, "RuntimeError")]
+
+
+def test_the_next_window_is_committed_before_it_is_needed():
+    bridge = RecordingBridge()
+    marker = _BodyMarker(bridge, list(range(1, 9)), window=4)
+
+    async def send(*message_ids):
+        for pk in message_ids:
+            await marker.before_body_of(pk)()
+        await asyncio.gather(*marker.commits)
+
+    asyncio.run(send(1, 2))
+    assert bridge.calls == [[1, 2, 3, 4]]
+    asyncio.run(send(3))  # half of the window is left: the next one goes ahead
+    assert bridge.calls == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    asyncio.run(send(4, 5, 6, 7, 8))
+    assert len(bridge.calls) == 2

@@ -33,3 +33,18 @@ def test_a_call_whose_caller_was_cancelled_is_dropped_after_the_loop_ends():
 
     assert SyncBridge().run(main) == "finished"  # no "Event loop is closed"
     assert ran == []  # nobody waits for it: not run at all
+
+
+def test_urgent_calls_go_ahead_of_those_already_waiting():
+    order = []
+
+    async def main(bridge):
+        busy = asyncio.ensure_future(bridge.call(time.sleep, 0.1))  # the database thread busy
+        await asyncio.sleep(0.02)
+        waiting = [asyncio.ensure_future(bridge.call(order.append, f"normal {i}")) for i in (1, 2)]
+        await asyncio.sleep(0)
+        urgent = asyncio.ensure_future(bridge.call_urgent(order.append, "urgent"))
+        await asyncio.gather(busy, *waiting, urgent)
+
+    SyncBridge().run(main)
+    assert order == ["urgent", "normal 1", "normal 2"]

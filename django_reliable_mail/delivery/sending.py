@@ -54,7 +54,9 @@ class _BodyMarker:
     The marker must be durable before the bytes leave; one commit per message would cost a
     round trip each. Marking the next few messages of the batch together is cheaper, and
     errs on the safe side: after a crash, a marked message that was never sent is recorded
-    as ``unknown`` (possibly delivered) and retried, never silently dropped.
+    as ``unknown`` (possibly delivered) and retried, never silently dropped. The next window
+    is committed in the background while half of the current one is still to be sent, so
+    the connections seldom wait for a mark.
     """
 
     def __init__(self, bridge: SyncBridge, order: list[int], window: int = BODY_MARK_WINDOW):
@@ -62,9 +64,11 @@ class _BodyMarker:
         self.window = window
         self.queue: deque[int] = deque()  # in sending order; may hold ids already marked
         self.unmarked: set[int] = set()
-        # Windows being committed right now: another connection's message in such a window
-        # must wait for that commit before its body goes out.
+        self.marked_unsent: set[int] = set()  # committed or being committed, body not yet due
+        # Windows being committed right now: a message in one of them waits for that commit
+        # before its body goes out.
         self.committing: dict[int, asyncio.Future[None]] = {}
+        self.commits: set[asyncio.Task[None]] = set()
         self.add(order)
 
     def add(self, message_ids: Iterable[int]) -> None:
@@ -74,35 +78,58 @@ class _BodyMarker:
 
     def before_body_of(self, message_id: int) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
-            in_progress = self.committing.get(message_id)
-            if in_progress is not None:
-                await asyncio.shield(in_progress)  # raises if that commit failed
-                return
-            if message_id not in self.unmarked:
-                return  # marked with an earlier window (or an earlier recipient chunk)
-            self.unmarked.discard(message_id)
-            ids = [message_id]
-            while len(ids) < self.window and self.queue:
-                pk = self.queue.popleft()
-                if pk in self.unmarked:
-                    self.unmarked.discard(pk)
-                    ids.append(pk)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.add_done_callback(_consume_error)
-            for pk in ids:
-                self.committing[pk] = done
-            try:
-                await self.bridge.call(_mark_body_started, ids)
-            except BaseException as exc:
-                # Not known to be durable: no body of this window may go out. The failed
-                # future stays, so later callers for these messages raise too.
-                done.set_exception(RuntimeError(f"marking bodies as started failed: {exc!r}"))
-                raise
-            done.set_result(None)
-            for pk in ids:
-                del self.committing[pk]
+            self.marked_unsent.discard(message_id)
+            durable = self.committing.get(message_id)
+            if durable is None and message_id in self.unmarked:
+                durable = self._commit_window(first=message_id)
+            if len(self.marked_unsent) < self.window // 2:
+                self._commit_window()  # the next window, ahead of need
+            if durable is not None:
+                await asyncio.shield(durable)  # raises if that commit failed
+            # Otherwise it was marked with an earlier window (or an earlier recipient chunk).
 
         return mark
+
+    def _commit_window(self, first: int | None = None) -> asyncio.Future[None] | None:
+        ids = []
+        if first is not None:
+            self.unmarked.discard(first)
+            ids.append(first)
+        while len(ids) < self.window and self.queue:
+            pk = self.queue.popleft()
+            if pk in self.unmarked:
+                self.unmarked.discard(pk)
+                ids.append(pk)
+        if not ids:
+            return None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_consume_error)
+        for pk in ids:
+            self.committing[pk] = done
+        self.marked_unsent.update(pk for pk in ids if pk != first)
+        task = asyncio.ensure_future(self._commit(ids, done))
+        self.commits.add(task)
+        task.add_done_callback(self.commits.discard)
+        return done
+
+    async def _commit(self, ids: list[int], done: asyncio.Future[None]) -> None:
+        try:
+            await self.bridge.call_urgent(_mark_body_started, ids)
+        except BaseException as exc:
+            # Not known to be durable: no body of this window may go out. The failed future
+            # stays, so every later caller for these messages raises too.
+            done.set_exception(RuntimeError(f"marking bodies as started failed: {exc!r}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        done.set_result(None)
+        for pk in ids:
+            del self.committing[pk]
+
+    def cancel(self) -> None:
+        """Stop the commits still running (their messages will not be sent now)."""
+        for task in list(self.commits):
+            task.cancel()
 
 
 def _consume_error(future: asyncio.Future[None]) -> None:
@@ -260,7 +287,7 @@ def _deliver_group(
             limit = provider.rate_limit
 
             async def reserve() -> float:
-                return await bridge.call(throttle.reserve_slot, name, limit)
+                return await bridge.call_urgent(throttle.reserve_slot, name, limit)
 
         def on_result(job: Job, result: AttemptResult) -> None:
             ready.append((job, result))
@@ -296,6 +323,7 @@ def _deliver_group(
             )
         finally:
             sending_done = True
+            marker.cancel()
             wake.set()
             await storing
             renewer.cancel()
