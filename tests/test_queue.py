@@ -564,3 +564,30 @@ def test_messages_named_by_id_are_claimed_a_bounded_number_at_a_time(
     assert summary.claimed == 5 and summary.sent == 5
     assert summary.connections == 3  # one batch (and connection) per 2 ids
     assert len(server.messages) == 5
+
+
+def test_a_slow_batch_stores_each_result_without_waiting_for_a_full_chunk(
+    smtp_server, settings, monkeypatch
+):
+    import time
+
+    from django_reliable_mail import signals
+    from django_reliable_mail.delivery import sending
+
+    server = smtp_server(reply_delay=0.3)  # each final reply takes 0.3 s
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=1))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(3)])
+    monkeypatch.setattr(sending, "RECORD_WITHIN_SECONDS", 0.05)
+    stored_at = []
+
+    def note(sender, attempt, **kwargs):
+        stored_at.append(time.monotonic())
+
+    signals.attempt_finished.connect(note)
+    try:
+        assert delivery.deliver_due().sent == 3
+    finally:
+        signals.attempt_finished.disconnect(note)
+    # The first result was stored while the others were still being sent, not at the end.
+    assert len(stored_at) == 3 and stored_at[-1] - stored_at[0] > 0.2

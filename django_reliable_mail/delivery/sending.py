@@ -24,10 +24,13 @@ from .claiming import claim, fail_over, recipient_rows, release
 from .recording import record_batch
 from .states import DISABLE_ONCE, OPEN_STATES, Status
 
-#: How many messages one ``body_started_at`` commit covers (see _BodyMarker).
-BODY_MARK_WINDOW = 32
-#: Attempts stored per transaction while a batch is still being sent.
-RECORD_CHUNK = 50
+#: How many messages one ``body_started_at`` commit covers (see _BodyMarker). After a
+#: crash, up to about two windows of messages marked but never sent count as ``unknown``.
+BODY_MARK_WINDOW = 64
+#: Attempts stored per transaction while a batch is still being sent…
+RECORD_CHUNK = 200
+#: …or as soon as the oldest unstored one is this old, whichever comes first.
+RECORD_WITHIN_SECONDS = 1.0
 
 
 def envelope_for(message: OutboundMessage) -> Envelope:
@@ -297,7 +300,10 @@ def _deliver_group(
         async def recorder() -> None:
             try:
                 while True:
-                    await wake.wait()
+                    try:
+                        await asyncio.wait_for(wake.wait(), RECORD_WITHIN_SECONDS)
+                    except TimeoutError:
+                        pass  # a slow batch: store what is ready (each message's status)
                     wake.clear()
                     while ready:
                         chunk = ready[:RECORD_CHUNK]

@@ -59,9 +59,16 @@ async def send_batch(
     queue: deque[Job] = deque(jobs)
     outcome = BatchOutcome(results=[], untouched=[])
     provider_failed = asyncio.Event()
-    # Ask for more while each connection still has about two messages to send.
-    low_water = 2 * max(1, max_connections)
-    stream: dict[str, Any] = {"task": None, "done": refill is None, "error": None}
+    # Ask for more while a quarter of the last batch is left (a claim takes a while: a
+    # database round trip or a wait behind the recording), and while each connection still
+    # has at least two messages to send.
+    least = 2 * max(1, max_connections)
+    stream: dict[str, Any] = {
+        "task": None,
+        "done": refill is None,
+        "error": None,
+        "low_water": max(least, len(jobs) // 4),
+    }
 
     async def take_more() -> None:
         assert refill is not None
@@ -71,6 +78,7 @@ async def send_batch(
             stream["error"], more = exc, []
         if more and not provider_failed.is_set():
             queue.extend(more)
+            stream["low_water"] = max(least, len(more) // 4)
         elif more:
             outcome.untouched.extend(more)
         else:
@@ -79,7 +87,7 @@ async def send_batch(
 
     def pop() -> Job | None:
         """The next job if one is queued; asks for more first when few are left."""
-        if not stream["done"] and stream["task"] is None and len(queue) <= low_water:
+        if not stream["done"] and stream["task"] is None and len(queue) <= stream["low_water"]:
             stream["task"] = asyncio.ensure_future(take_more())
         return queue.popleft() if queue else None
 
