@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ... import delivery
 from ...conf import get_config
 from ...exceptions import ReliableMailConfigError
+from ...tasks import STREAM_BATCH
 
 
 class Command(BaseCommand):
@@ -26,7 +27,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--limit", type=int, default=0, help="stop after this many attempts (default: no limit)"
         )
-        parser.add_argument("--batch", type=int, default=100, help="messages claimed at once")
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=STREAM_BATCH,
+            help=f"messages claimed at once (default {STREAM_BATCH})",
+        )
         parser.add_argument(
             "--keep-going",
             type=float,
