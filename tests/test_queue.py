@@ -167,6 +167,12 @@ def test_expired_lease_after_the_body_is_unknown(settings, policy):
     assert attempt.outcome == DeliveryAttempt.Outcome.UNKNOWN and attempt.possible_duplicate
     assert row.recipient_statuses.get().state == "unknown"
     assert row.status == (Status.RETRYING if policy == "retry" else Status.HELD)
+    if policy == "retry":
+        # The next attempt is numbered after the unknown one and inherits its flag.
+        make_due()
+        delivery.deliver_due()
+        attempts = list(row.attempts.order_by("number").values_list("number", "possible_duplicate"))
+        assert attempts == [(1, True), (2, True)]
 
 
 def test_a_broken_provider_does_not_burn_attempts(smtp_server, tls, settings):

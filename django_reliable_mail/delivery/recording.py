@@ -6,8 +6,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
-from django.db.models import Count, Q
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from .. import signals
@@ -75,13 +74,7 @@ def record_batch(
     ids = [message.pk for message, _ in items]
     with transaction.atomic():
         current = rows.values_by_ids(OutboundMessage, ids, ["status", "claim_token"])
-        history = {
-            row["message_id"]: row
-            for row in DeliveryAttempt.objects.filter(message_id__in=ids)
-            .values("message_id")
-            .annotate(n=Count("id"), unknown=Count("id", filter=Q(outcome=Outcome.UNKNOWN)))
-            .order_by()
-        }
+        history = _history(ids)
         attempts, overtaken = [], set()
         for message, result in items:
             status_now, token_now = current[message.pk]
@@ -89,14 +82,14 @@ def record_batch(
             # The attempt happened and is stored; the message belongs to the new claim.
             if status_now == Status.SENDING and token_now != message.claim_token:
                 overtaken.add(message.pk)
-            past = history.get(message.pk, {"n": 0, "unknown": 0})
+            tried, unknown = history.get(message.pk, (0, 0))
             attempts.append(
                 _attempt_row(
                     message,
                     result,
-                    number=past["n"] + 1,
+                    number=tried + 1,
                     possible_duplicate=result.outcome == Outcome.UNKNOWN
-                    or bool(past["unknown"])
+                    or bool(unknown)
                     or message.pk in overtaken,
                     provider=provider,
                     config=config,
@@ -130,6 +123,32 @@ def record_batch(
         elif message.status == Status.FAILED:
             signals.message_failed.send(sender=OutboundMessage, message=message, attempt=attempt)
     return attempts
+
+
+def _history(ids: list[int]) -> dict[int, tuple[int, int]]:
+    """``{message id: (attempts stored, how many of them unknown)}``, for those with any.
+
+    Plain SQL: one statement per recorded chunk, and on PostgreSQL the ids go as one array,
+    so the statement is the same (and prepared once) for every chunk.
+    """
+    connection = connections[router.db_for_read(DeliveryAttempt)]
+    meta = DeliveryAttempt._meta
+    quote = connection.ops.quote_name
+    message, outcome = (
+        quote(meta.get_field("message").column),
+        quote(meta.get_field("outcome").column),
+    )
+    if connection.vendor == "postgresql":
+        match, params = f"{message} = ANY(%s::bigint[])", [list(ids)]
+    else:
+        match, params = f"{message} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+    sql = (
+        f"SELECT {message}, COUNT(*), SUM(CASE WHEN {outcome} = %s THEN 1 ELSE 0 END) "
+        f"FROM {quote(meta.db_table)} WHERE {match} GROUP BY {message}"
+    )
+    with rows.cursor(connection) as cursor:
+        cursor.execute(rows.numbered(sql, connection), [Outcome.UNKNOWN.value, *params])
+        return {pk: (tried, unknown or 0) for pk, tried, unknown in cursor.fetchall()}
 
 
 def _attempt_row(
