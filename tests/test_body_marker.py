@@ -112,3 +112,13 @@ def test_the_next_window_is_committed_before_it_is_needed():
     assert bridge.calls == [[1, 2, 3, 4], [5, 6, 7, 8]]
     asyncio.run(send(4, 5, 6, 7, 8))
     assert len(bridge.calls) == 2
+
+
+def test_under_a_rate_limit_a_window_is_about_a_second_of_sends():
+    from django_reliable_mail.conf import RateLimit
+    from django_reliable_mail.delivery.sending import BODY_MARK_WINDOW, _mark_window
+
+    assert _mark_window(None) == BODY_MARK_WINDOW
+    assert _mark_window(RateLimit(20, 1)) == 20
+    assert _mark_window(RateLimit(10_000, 1)) == BODY_MARK_WINDOW
+    assert _mark_window(RateLimit(30, 60)) == 1

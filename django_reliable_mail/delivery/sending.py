@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from .. import throttle
 from ..bridge import SyncBridge
-from ..conf import Config, config_for_mailer, get_config
+from ..conf import Config, RateLimit, config_for_mailer, get_config
 from ..models import DeliveryAttempt, OutboundMessage
 from ..smtp.classify import Outcome
 from ..smtp.pool import BatchOutcome, Job, send_batch
@@ -133,6 +133,15 @@ class _BodyMarker:
         """Stop the commits still running (their messages will not be sent now)."""
         for task in list(self.commits):
             task.cancel()
+
+
+def _mark_window(rate_limit: RateLimit | None) -> int:
+    """Messages marked per commit: about a second's worth under a rate limit, so a crash
+    does not flag messages that were still minutes from being sent."""
+    if rate_limit is None:
+        return BODY_MARK_WINDOW
+    per_second = rate_limit.count / rate_limit.per_seconds
+    return max(1, min(BODY_MARK_WINDOW, int(per_second)))
 
 
 def _consume_error(future: asyncio.Future[None]) -> None:
@@ -257,7 +266,7 @@ def _deliver_group(
         return same
 
     async def run(bridge: SyncBridge) -> BatchOutcome:
-        marker = _BodyMarker(bridge, [])
+        marker = _BodyMarker(bridge, [], window=_mark_window(provider.rate_limit))
 
         def jobs_for(batch: list[OutboundMessage]) -> list[Job]:
             marker.add(m.pk for m in batch)
