@@ -22,8 +22,15 @@ from .states import Status
 logger = logging.getLogger(__name__)
 
 
-def due_messages(*, now: datetime, provider: str | None = None, ids: Iterable[int] | None = None):
-    """Messages that may be sent now: queued or retrying, due, provider not paused."""
+def due_messages(
+    *,
+    now: datetime,
+    provider: str | None = None,
+    ids: Iterable[int] | None = None,
+    paused: dict[str, datetime] | None = None,
+):
+    """Messages that may be sent now: queued or retrying, due, provider not paused
+    (``paused``: the paused providers, when the caller has read them already)."""
     due = OutboundMessage.objects.filter(status__in=(Status.QUEUED, Status.RETRYING)).filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )
@@ -31,7 +38,8 @@ def due_messages(*, now: datetime, provider: str | None = None, ids: Iterable[in
         due = due.filter(pk__in=list(ids))
     if provider is not None:
         due = due.filter(provider=provider)
-    paused = throttle.degraded_providers(now)
+    if paused is None:
+        paused = throttle.degraded_providers(now)
     if paused:
         due = due.exclude(provider__in=list(paused))
     return due
@@ -62,7 +70,7 @@ def claim(
     if _updates_returning(connection):
         claimed = _claim_returning(connection, wanted, paused)
     else:
-        claimed = _claim_by_queryset(wanted)
+        claimed = _claim_by_queryset(wanted, paused)
     _load_recipients(connection, claimed)
     return claimed
 
@@ -89,8 +97,10 @@ class _Wanted:
 def _claim_returning(
     connection: Any, wanted: _Wanted, paused: dict[str, datetime]
 ) -> list[OutboundMessage]:
-    """The claim as one statement: it picks, leases and reads back the rows together."""
-    provider, ids, limit, now = wanted.provider, wanted.ids, wanted.limit, wanted.now
+    """The claim as one statement: it picks (the :func:`due_messages` query), leases and
+    reads back the rows together."""
+    if wanted.ids == []:
+        return []
     meta = OutboundMessage._meta
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
@@ -101,54 +111,46 @@ def _claim_returning(
     def when(value: datetime) -> Any:
         return meta.get_field("next_attempt_at").get_db_prep_value(value, connection)
 
-    waiting = [Status.QUEUED.value, Status.RETRYING.value]
-    where = [
-        f"{column('status')} IN (%s, %s)",
-        f"({column('next_attempt_at')} IS NULL OR {column('next_attempt_at')} <= %s)",
-    ]
-    params: list[Any] = [*waiting, when(now)]
-    if ids is not None:
-        if not ids:
-            return []
-        where.append(f"{column('id')} IN ({', '.join(['%s'] * len(ids))})")
-        params.extend(ids)
-    if provider is not None:
-        where.append(f"{column('provider')} = %s")
-        params.append(provider)
-    if paused:
-        where.append(f"{column('provider')} NOT IN ({', '.join(['%s'] * len(paused))})")
-        params.extend(paused)
-    order = f"{column('priority')} DESC, {column('next_attempt_at')} ASC, {column('id')} ASC"
-    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-    sql = (
-        f"UPDATE {table} SET {column('status')} = %s, {column('lease_expires_at')} = %s, "
-        f"{column('claim_token')} = %s, {column('body_started_at')} = NULL, "
-        f"{column('updated_at')} = %s "
-        f"WHERE {column('status')} IN (%s, %s) AND {column('id')} IN ("
-        f"SELECT {column('id')} FROM {table} WHERE {' AND '.join(where)} "
-        f"ORDER BY {order} LIMIT %s{lock}) "
-        f"RETURNING {rows.columns(OutboundMessage, connection)}"
-    )
-    head = [Status.SENDING.value, when(wanted.lease), wanted.token, when(now), *waiting]
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute(sql, [*head, *params, limit])
+        pick = _picked(wanted, paused).values_list("pk", flat=True)
+        if connection.features.has_select_for_update_skip_locked:
+            pick = pick.select_for_update(skip_locked=True)
+        pick_sql, pick_params = pick.query.get_compiler(connection.alias).as_sql()
+        waiting = [Status.QUEUED.value, Status.RETRYING.value]
+        cursor.execute(
+            f"UPDATE {table} SET {column('status')} = %s, {column('lease_expires_at')} = %s, "
+            f"{column('claim_token')} = %s, {column('body_started_at')} = NULL, "
+            f"{column('updated_at')} = %s "
+            f"WHERE {column('status')} IN (%s, %s) AND {column('id')} IN ({pick_sql}) "
+            f"RETURNING {rows.columns(OutboundMessage, connection)}",
+            [
+                Status.SENDING.value,
+                when(wanted.lease),
+                wanted.token,
+                when(wanted.now),
+                *waiting,
+                *pick_params,
+            ],
+        )
         claimed = rows.load(OutboundMessage, connection, cursor.fetchall())
     # RETURNING gives no order: the sending order is the queue's.
-    claimed.sort(
-        key=lambda m: (-m.priority, m.next_attempt_at is not None, m.next_attempt_at or now, m.pk)
-    )
+    claimed.sort(key=lambda m: (-m.priority, m.next_attempt_at or wanted.now, m.pk))
     return claimed
 
 
-def _claim_by_queryset(wanted: _Wanted) -> list[OutboundMessage]:
+def _picked(wanted: _Wanted, paused: dict[str, datetime] | None = None):
+    """The due messages this claim takes, in queue order."""
+    due = due_messages(now=wanted.now, provider=wanted.provider, ids=wanted.ids, paused=paused)
+    return due.order_by("-priority", "next_attempt_at", "id")[: wanted.limit]
+
+
+def _claim_by_queryset(wanted: _Wanted, paused: dict[str, datetime]) -> list[OutboundMessage]:
     """The claim for databases without UPDATE … RETURNING: pick, update, read back."""
-    due = due_messages(now=wanted.now, provider=wanted.provider, ids=wanted.ids).order_by(
-        "-priority", "next_attempt_at", "id"
-    )
     with transaction.atomic():
+        due = _picked(wanted, paused)
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)
-        picked = list(due.values_list("pk", flat=True)[: wanted.limit])
+        picked = list(due.values_list("pk", flat=True))
         if not picked:
             return []
         OutboundMessage.objects.filter(
