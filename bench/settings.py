@@ -34,12 +34,20 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("BENCH_DB", "/tmp/bench.sqlite3"),
-            # The same for every system; BENCH_SQLITE_WAL=1 adds WAL + synchronous=NORMAL.
-            "OPTIONS": (
-                {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
-                if os.environ.get("BENCH_SQLITE_WAL") == "1"
-                else {}
-            ),
+            # The same for every system; BENCH_SQLITE_WAL=1 adds WAL + synchronous=NORMAL,
+            # BENCH_TXMODE=IMMEDIATE sets the transaction mode (for experiments).
+            "OPTIONS": {
+                **(
+                    {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+                    if os.environ.get("BENCH_SQLITE_WAL") == "1"
+                    else {}
+                ),
+                **(
+                    {"transaction_mode": os.environ["BENCH_TXMODE"]}
+                    if os.environ.get("BENCH_TXMODE")
+                    else {}
+                ),
+            },
         }
     }
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]

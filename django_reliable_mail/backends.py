@@ -21,6 +21,7 @@ from django.db import transaction
 from . import delivery, tasks
 from .conf import DJANGO_OPTION_ALIASES, PROVIDER_DEFAULTS, config_with_options
 from .exceptions import ReliableMailConfigError
+from .transactions import writing
 
 logger = logging.getLogger(__name__)
 _NOT_GIVEN: Any = object()
@@ -94,10 +95,10 @@ class EmailBackend(BaseEmailBackend):
             if not woken:
                 # (Outside a transaction the message is already committed: a crash right
                 # here leaves it to the dispatcher, which wakes lost messages.)
-                with transaction.atomic(savepoint=False):
+                with writing(savepoint=False):
                     tasks.queue_wake_in_transaction()
             return 1
-        with transaction.atomic():
+        with writing():
             rows = delivery.enqueue(prepared, mailer=self.mailer)
             ids = [row.pk for row in rows]
             if ids and queue_here:

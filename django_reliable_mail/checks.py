@@ -78,3 +78,31 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             )
         )
     return found
+
+
+def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Queue mode on an SQLite file: the web process and the workers write to it at once."""
+    from django.db import connections, router
+
+    from .models import OutboundMessage
+
+    config, _ = validate()
+    if config is None or config.mode != "queue":
+        return []
+    alias = router.db_for_write(OutboundMessage)
+    connection = connections[alias]
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return []
+    mode = (connection.settings_dict.get("OPTIONS") or {}).get("transaction_mode")
+    if mode and mode.upper() in ("IMMEDIATE", "EXCLUSIVE"):
+        return []
+    return [
+        checks.Warning(
+            f"DATABASES[{alias!r}] is SQLite without OPTIONS['transaction_mode'] = "
+            "'IMMEDIATE': a transaction of yours that reads first and then calls send_mail() "
+            "fails with 'database is locked' whenever a worker is writing at that moment "
+            "(the app's own transactions already wait their turn).",
+            hint=f"DATABASES[{alias!r}]['OPTIONS'] = {{'transaction_mode': 'IMMEDIATE'}}",
+            id="reliable_mail.W015",
+        )
+    ]

@@ -19,6 +19,7 @@ from .delivery import DISABLE_ONCE
 from .exceptions import ReliableMailConfigError
 from .models import MessageEvent, OutboundMessage, RecipientStatus
 from .smtp.capabilities import KNOWN_EXTENSIONS
+from .transactions import writing
 
 Status = OutboundMessage.Status
 RETRYABLE = (Status.FAILED, Status.RETRYING, Status.HELD, Status.QUEUED, Status.CANCELLED)
@@ -44,7 +45,7 @@ def retry(
     requeued = []
     now = timezone.now()
     for message in list(messages):
-        with transaction.atomic():
+        with writing():
             changes = {
                 "status": Status.RETRYING if message.attempt_count else Status.QUEUED,
                 "next_attempt_at": now,
@@ -96,7 +97,7 @@ def cancel(
     """Stop messages that have not been sent. Returns the ids cancelled."""
     cancelled = []
     for message in list(messages):
-        with transaction.atomic():
+        with writing():
             won = OutboundMessage.objects.filter(pk=message.pk, status__in=CANCELLABLE).update(
                 status=Status.CANCELLED, next_attempt_at=None, updated_at=timezone.now()
             )

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections
 from django.db.models import Count
 from django.utils import timezone
 
 from . import delivery
+from .transactions import writing
 
 #: The django-q2 Schedule that runs :func:`dispatch`; created by migration 0003.
 DISPATCH_SCHEDULE_NAME = "django_reliable_mail.dispatch"
@@ -89,7 +90,7 @@ def wake(message_ids: Iterable[int]) -> None:
     # Inside an atomic block django-q2's ORM broker does not close and reopen the database
     # connection around each task it queues (it does in autocommit mode), which would
     # otherwise double the cost of every send_mail().
-    with transaction.atomic(savepoint=False):
+    with writing(savepoint=False):
         broker = get_broker()
         for start in range(0, len(ids), WAKE_CHUNK):
             async_task(

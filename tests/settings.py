@@ -53,6 +53,14 @@ if os.environ.get("RELIABLE_MAIL_TEST_DB") == "postgres":
     if os.environ.get("RELIABLE_MAIL_TEST_DB_NAME"):
         DATABASES["default"]["NAME"] = os.environ["RELIABLE_MAIL_TEST_DB_NAME"]
         DATABASES["default"]["TEST"] = {"NAME": os.environ["RELIABLE_MAIL_TEST_DB_NAME"]}
+elif os.environ.get("RELIABLE_MAIL_TEST_SQLITE_FILE"):
+    # Worker processes of the SQLite multi-process tests share one database file.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ["RELIABLE_MAIL_TEST_SQLITE_FILE"],
+        }
+    }
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 Q_CLUSTER = {

@@ -599,3 +599,25 @@ def test_a_slow_batch_stores_each_result_without_waiting_for_a_full_chunk(
         signals.attempt_finished.disconnect(note)
     # The first result was stored while the others were still being sent, not at the end.
     assert len(stored_at) == 3 and stored_at[-1] - stored_at[0] > 0.3, stored_at
+
+
+def test_sqlite_file_without_immediate_transactions_is_warned_about(settings, monkeypatch):
+    from django.db import connection
+
+    from django_reliable_mail.checks import check_sqlite_locking
+
+    settings.RELIABLE_MAIL = queue_config(main={"HOST": "h", "PORT": 587})
+    if connection.vendor != "sqlite":
+        assert check_sqlite_locking() == []
+        return
+    assert check_sqlite_locking() == []  # in memory: no other process can share it
+    monkeypatch.setitem(connection.settings_dict, "NAME", "/srv/app/db.sqlite3")
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
+    (warning,) = check_sqlite_locking()
+    assert warning.id == "reliable_mail.W015"
+    assert "DATABASES['default']" in warning.msg and "transaction_mode" in warning.hint
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {"transaction_mode": "IMMEDIATE"})
+    assert check_sqlite_locking() == []
+    settings.RELIABLE_MAIL = {**settings.RELIABLE_MAIL, "MODE": "immediate"}
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
+    assert check_sqlite_locking() == []  # nothing else writes to it in the background

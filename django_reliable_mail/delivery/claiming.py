@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, connections, router, transaction
+from django.db import connection, connections, router
 from django.db.models import Q
 from django.utils import timezone
 
 from .. import throttle
 from ..conf import Config
 from ..models import MessageEvent, OutboundMessage, RecipientStatus
+from ..transactions import writing
 from . import rows
 from .states import Status
 
@@ -111,7 +112,7 @@ def _claim_returning(
     def when(value: datetime) -> Any:
         return meta.get_field("next_attempt_at").get_db_prep_value(value, connection)
 
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+    with writing(using=connection.alias), connection.cursor() as cursor:
         pick = _picked(wanted, paused).values_list("pk", flat=True)
         if connection.features.has_select_for_update_skip_locked:
             pick = pick.select_for_update(skip_locked=True)
@@ -146,7 +147,7 @@ def _picked(wanted: _Wanted, paused: dict[str, datetime] | None = None):
 
 def _claim_by_queryset(wanted: _Wanted, paused: dict[str, datetime]) -> list[OutboundMessage]:
     """The claim for databases without UPDATE … RETURNING: pick, update, read back."""
-    with transaction.atomic():
+    with writing():
         due = _picked(wanted, paused)
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)
@@ -216,7 +217,7 @@ def fail_over(
         fallback = provider.fallback if provider else None
         if not fallback or fallback in paused:
             continue
-        with transaction.atomic():
+        with writing():
             waiting = list(
                 OutboundMessage.objects.filter(
                     provider=name, status__in=(Status.QUEUED, Status.RETRYING)

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, connections, router
 from django.utils import timezone
 
 from .. import signals
@@ -18,6 +18,7 @@ from ..exceptions import InvalidMessageError
 from ..models import OutboundMessage, RecipientStatus
 from ..options import DeliveryOptions, options_of
 from ..serialize import SerializedMessage, serialize
+from ..transactions import writing
 from . import rows
 from .states import Status
 
@@ -78,7 +79,7 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
     # transaction; without keys it would cost two extra round trips per send.
     keyed = any(p.options.idempotency_key for p in prepared)
     try:
-        with transaction.atomic(savepoint=keyed):
+        with writing(savepoint=keyed):
             created = _insert(prepared, mailer=mailer)
     except IntegrityError:
         if not any(p.options.idempotency_key for p in prepared):
@@ -87,7 +88,7 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
         created = []
         for one in _without_known_keys(prepared):
             try:
-                with transaction.atomic():
+                with writing():
                     created.extend(_insert([one], mailer=mailer))
             except IntegrityError:
                 if one.options.idempotency_key is None:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from django.db import connections, router, transaction
+from django.db import connections, router
 from django.utils import timezone
 
 from .. import signals
@@ -15,6 +15,7 @@ from ..models import DeliveryAttempt, OutboundMessage, RecipientStatus
 from ..retry import retry_delay, should_give_up
 from ..smtp.classify import Outcome
 from ..smtp.transport import AttemptResult
+from ..transactions import writing
 from . import rows
 from .claiming import recipient_rows
 from .states import DISABLE_ONCE, OPEN_STATES, State, Status
@@ -72,7 +73,7 @@ def record_batch(
     """
     now = now or timezone.now()
     ids = [message.pk for message, _ in items]
-    with transaction.atomic():
+    with writing():
         current = rows.values_by_ids(OutboundMessage, ids, ["status", "claim_token"])
         history = _history(ids)
         attempts, overtaken = [], set()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -12,6 +11,7 @@ from .. import signals
 from ..conf import Config, get_config
 from ..models import DeliveryAttempt, OutboundMessage
 from ..smtp.classify import Outcome
+from ..transactions import writing
 from .states import OPEN_STATES, State, Status
 
 
@@ -27,7 +27,7 @@ def recover_expired_leases(*, config: Config | None = None, now: datetime | None
     recovered = 0
     expired = OutboundMessage.objects.filter(status=Status.SENDING, lease_expires_at__lt=now)
     for message in expired.order_by("lease_expires_at")[:1000]:
-        with transaction.atomic():
+        with writing():
             won = OutboundMessage.objects.filter(
                 pk=message.pk, status=Status.SENDING, claim_token=message.claim_token
             ).update(claim_token="", lease_expires_at=None)

@@ -47,6 +47,9 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DEMO_DB", str(BASE_DIR / "db.sqlite3")),
+        # The web process and the qcluster workers write to this file at the same time:
+        # transactions take the write lock when they begin, so a writer waits its turn.
+        "OPTIONS": {"transaction_mode": "IMMEDIATE"},
     }
 }
 Q_CLUSTER = {

@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand
-from django.db import transaction
 from django.utils import timezone
 
 from ...conf import get_config
 from ...models import DeliveryAttempt, OutboundMessage
+from ...transactions import writing
 from ..progress import Progress
 
 Status = OutboundMessage.Status
@@ -57,7 +57,7 @@ class Command(BaseCommand):
             ids = list(old.order_by("pk").values_list("pk", flat=True)[: options["batch"]])
             if not ids:
                 break
-            with transaction.atomic():
+            with writing():
                 if options["bodies_only"]:
                     OutboundMessage.objects.filter(pk__in=ids).update(mime=b"", size=0)
                     DeliveryAttempt.objects.filter(message_id__in=ids).update(transcript="")
