@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from .test_backend import provider_for
@@ -83,7 +84,7 @@ def test_three_workers_share_one_sqlite_file(smtp_server, tmp_path):
         assert "Traceback" not in out and "OperationalError" not in out, out
     assert all(not out.startswith("0 attempt") for out in outputs), outputs  # all took part
 
-    with sqlite3.connect(tmp_path / "mail.sqlite3") as db:
+    with closing(sqlite3.connect(tmp_path / "mail.sqlite3")) as db:
         statuses = dict(
             db.execute(
                 "SELECT status, COUNT(*) FROM django_reliable_mail_outboundmessage GROUP BY status"
