@@ -621,3 +621,31 @@ def test_sqlite_file_without_immediate_transactions_is_warned_about(settings, mo
     settings.RELIABLE_MAIL = {**settings.RELIABLE_MAIL, "MODE": "immediate"}
     monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
     assert check_sqlite_locking() == []  # nothing else writes to it in the background
+
+
+def test_attempt_finished_gets_the_stored_attempt_with_its_message(
+    smtp_server, settings, django_assert_num_queries
+):
+    from django_reliable_mail import signals
+
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject="receipt")])
+    seen = []
+
+    def note(sender, attempt, message, **kwargs):
+        with django_assert_num_queries(0):  # the message comes cached, as the ORM would
+            same = attempt.message is message
+        seen.append((attempt, same))
+
+    signals.attempt_finished.connect(note)
+    try:
+        assert delivery.deliver_due().sent == 1
+    finally:
+        signals.attempt_finished.disconnect(note)
+    ((attempt, same),) = seen
+    stored = DeliveryAttempt.objects.get()
+    assert same and attempt.pk == stored.pk and not attempt._state.adding
+    fields = [f.attname for f in DeliveryAttempt._meta.concrete_fields]
+    assert [getattr(attempt, f) for f in fields] == [getattr(stored, f) for f in fields]

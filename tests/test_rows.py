@@ -97,3 +97,34 @@ def test_recipient_rows_get_their_own_attempt():
     assert rows.values_by_ids(OutboundMessage, [message.pk], ["status"]) == {
         message.pk: ("queued",)
     }
+
+
+def test_insert_values_returns_keys_in_order_and_stores_what_the_orm_would():
+    message = new_message(0)
+    rows.insert(OutboundMessage, [message])
+    now = timezone.now()
+    names = [f.attname for f in DeliveryAttempt._meta.concrete_fields if not f.primary_key]
+    base = {name: DeliveryAttempt._meta.get_field(name).get_default() for name in names}
+    values = [
+        {
+            **base,
+            "message_id": message.pk,
+            "number": n,
+            "provider": "main",
+            "started_at": now,
+            "finished_at": now + timedelta(seconds=n),
+            "port": 25 if n else None,
+            "extensions_advertised": ["PIPELINING", "SIZE"],  # the same list on every row
+            "recipient_replies": {"r@example.com": {"code": 250, "text": f"ok ü {n}"}},
+            "outcome": DeliveryAttempt.Outcome.ACCEPTED,
+            "transcript": f"S: 250 ok {n}\r\n",
+        }
+        for n in range(1, 4)
+    ]
+    pks = rows.insert_values(DeliveryAttempt, values)
+    assert len(set(pks)) == 3
+    for pk, row in zip(pks, values, strict=True):
+        stored = DeliveryAttempt.objects.get(pk=pk)
+        assert {name: getattr(stored, name) for name in names} == row
+    with pytest.raises(ValueError, match="auto_now"):
+        rows.insert_values(OutboundMessage, [{}])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import connections, router
 from django.utils import timezone
@@ -76,7 +77,8 @@ def record_batch(
     with writing():
         current = rows.values_by_ids(OutboundMessage, ids, ["status", "claim_token"])
         history = _history(ids)
-        attempts, overtaken = [], set()
+        values: list[dict[str, Any]] = []
+        overtaken: set[int] = set()
         for message, result in items:
             status_now, token_now = current[message.pk]
             # A worker slower than its lease: the message was recovered and claimed again.
@@ -84,8 +86,8 @@ def record_batch(
             if status_now == Status.SENDING and token_now != message.claim_token:
                 overtaken.add(message.pk)
             tried, unknown = history.get(message.pk, (0, 0))
-            attempts.append(
-                _attempt_row(
+            values.append(
+                _attempt_values(
                     message,
                     result,
                     number=tried + 1,
@@ -96,7 +98,11 @@ def record_batch(
                     config=config,
                 )
             )
-        rows.insert(DeliveryAttempt, attempts)
+        pks = rows.insert_values(DeliveryAttempt, values)
+        attempts = [
+            _stored_attempt(pk, row, message)
+            for pk, row, (message, _) in zip(pks, values, items, strict=True)
+        ]
         changed_recipients, changed_messages = [], []
         for (message, result), attempt in zip(items, attempts, strict=True):
             statuses = {s.address: s for s in recipient_rows(message)}
@@ -152,7 +158,7 @@ def _history(ids: list[int]) -> dict[int, tuple[int, int]]:
         return {pk: (tried, unknown or 0) for pk, tried, unknown in cursor.fetchall()}
 
 
-def _attempt_row(
+def _attempt_values(
     message: OutboundMessage,
     result: AttemptResult,
     *,
@@ -160,12 +166,13 @@ def _attempt_row(
     possible_duplicate: bool,
     provider: ProviderConfig,
     config: Config,
-) -> DeliveryAttempt:
+) -> dict[str, Any]:
+    """The new attempt row, ``{attname: value}``."""
     keep_transcript = config.transcripts == "always" or (
         config.transcripts == "failures" and result.outcome != Outcome.ACCEPTED
     )
-    return DeliveryAttempt(
-        message=message,
+    return dict(
+        message_id=message.pk,
         number=number,
         provider=provider.name,
         started_at=datetime.fromtimestamp(result.started_at, tz=UTC),
@@ -192,6 +199,20 @@ def _attempt_row(
         possible_duplicate=possible_duplicate,
         transcript=result.transcript if keep_transcript else "",
     )
+
+
+_ATTEMPT_FIELDS = [f.attname for f in DeliveryAttempt._meta.concrete_fields]
+
+
+def _stored_attempt(pk: Any, values: dict[str, Any], message: OutboundMessage) -> DeliveryAttempt:
+    """The stored attempt as a model instance (for signals and callers), built from the
+    values just inserted: positional arguments take Django's fast path, and the message is
+    cached on it, as ``DeliveryAttempt(message=message)`` would."""
+    attempt = DeliveryAttempt(pk, *(values[name] for name in _ATTEMPT_FIELDS[1:]))
+    attempt._state.adding = False
+    attempt._state.db = router.db_for_write(DeliveryAttempt)
+    DeliveryAttempt._meta.get_field("message").set_cached_value(attempt, message)
+    return attempt
 
 
 def _advance(

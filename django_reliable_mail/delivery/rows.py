@@ -127,24 +127,60 @@ def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
     if not connection.features.can_return_rows_from_bulk_insert:
         model.objects.using(alias).bulk_create(objects)
         return
-    head, fields, stamped, json_columns = _insert_plan(model, alias)
+    _, fields, stamped, json_columns = _insert_plan(model, alias)
     converters = [_converter(f, connection) for f in fields]
+    memo: dict[tuple[int, tuple], Any] = {}  # the same extension list on every attempt
+    params = [_row_params(obj, fields, converters, stamped, json_columns, memo) for obj in objects]
+    for obj, pk in zip(objects, _insert_rows(model, connection, params), strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+        obj._state.db = alias
+
+
+def insert_values(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """INSERT rows given as ``{attname: value}`` for every concrete field but the primary
+    key, and return their primary keys in order: for a caller that needs the rows stored
+    more than it needs model instances (building those first costs more than the insert).
+    The model must have no ``auto_now`` fields (nothing stamps them here)."""
+    if not rows:
+        return []
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    _, fields, stamped, json_columns = _insert_plan(model, alias)
+    if stamped:
+        raise ValueError(f"{model.__name__} has auto_now fields: use insert()")
+    if not connection.features.can_return_rows_from_bulk_insert:
+        objects = [model(**row) for row in rows]
+        model.objects.using(alias).bulk_create(objects)
+        return [obj.pk for obj in objects]
+    plan = [(f.attname, _converter(f, connection), i in json_columns) for i, f in enumerate(fields)]
+    memo: dict[tuple[int, tuple], Any] = {}
+    params = [
+        [
+            _converted_once(memo, i, row[name], convert) if json else convert(row[name])
+            for i, (name, convert, json) in enumerate(plan)
+        ]
+        for row in rows
+    ]
+    return _insert_rows(model, connection, params)
+
+
+def _insert_rows(model: type[models.Model], connection: Any, rows: list[list[Any]]) -> list[Any]:
+    """Multi-row ``INSERT … RETURNING id`` of converted parameter rows; the new ids."""
+    head, fields, _, _ = _insert_plan(model, connection.alias)
     numbered = _numbered(connection)
     pk_column = connection.ops.quote_name(model._meta.pk.column)
-    size = max(connection.ops.bulk_batch_size(fields, objects), 1)
-    memo: dict[tuple[int, tuple], Any] = {}  # the same extension list on every attempt
+    size = max(connection.ops.bulk_batch_size(fields, rows), 1) if len(rows) > 1 else 1
+    pks: list[Any] = []
     with _cursor(connection) as cursor:
-        for start in range(0, len(objects), size):
-            chunk = objects[start : start + size]
-            params: list[Any] = []
-            for obj in chunk:
-                params.extend(_row_params(obj, fields, converters, stamped, json_columns, memo))
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
             values = _values(numbered, len(chunk), len(fields))
-            cursor.execute(f"{head}{values} RETURNING {pk_column}", params)
-            for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
-                obj.pk = pk
-                obj._state.adding = False
-                obj._state.db = alias
+            cursor.execute(
+                f"{head}{values} RETURNING {pk_column}", [v for row in chunk for v in row]
+            )
+            pks.extend(pk for (pk,) in cursor.fetchall())
+    return pks
 
 
 def _row_params(
