@@ -180,6 +180,18 @@ class ReplyKeepingProtocol(SMTPProtocol):
             parsed = self._read_response_from_buffer()
             if parsed is not None:
                 waiter.set_result(parsed)
+        if (
+            waiter is not None
+            and waiter.done()
+            and not waiter.cancelled()
+            and waiter.exception() is None
+            and self.transport is not None
+        ):
+            # The reply is here already (pipelined replies mostly arrive together): take it
+            # without the timer and callbacks a wait_for would set up for it.
+            self._response_pending = False
+            self._response_waiter = self._loop.create_future()
+            return waiter.result()
         return await super().read_response(timeout=timeout)
 
 
