@@ -24,6 +24,7 @@ class Transcript:
         self._chars = 0
         self._dropped = 0
         self._secrets: set[str] = set()
+        self._longest_first: tuple[str, ...] = ()  # what scrub() replaces, in that order
         self.max_chars = max_chars
         self.enabled = enabled
 
@@ -36,9 +37,10 @@ class Transcript:
                 secret = secret.decode("utf-8", "replace")
             if secret and len(secret) >= 3:
                 self._secrets.add(secret)
+        self._longest_first = tuple(sorted(self._secrets, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        for secret in self._longest_first:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
