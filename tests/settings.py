@@ -79,3 +79,7 @@ RELIABLE_MAIL = {
 }
 if os.environ.get("RELIABLE_MAIL_TEST_CONFIG"):
     RELIABLE_MAIL = json.loads(os.environ["RELIABLE_MAIL_TEST_CONFIG"])
+if os.environ.get("RELIABLE_MAIL_TEST_SQLITE_FILE"):
+    # A real cluster (qcluster) in those tests: two workers, as on a two-core machine.
+    Q_CLUSTER = {**Q_CLUSTER, "sync": False, "workers": 2, "poll": 0.1}
+    EMAIL_BACKEND = "django_reliable_mail.backends.EmailBackend"
