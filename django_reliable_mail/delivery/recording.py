@@ -99,8 +99,9 @@ def record_batch(
                 )
             )
         pks = rows.insert_values(DeliveryAttempt, values)
+        alias = router.db_for_write(DeliveryAttempt)
         attempts = [
-            _stored_attempt(pk, row, message)
+            _stored_attempt(pk, row, message, alias)
             for pk, row, (message, _) in zip(pks, values, items, strict=True)
         ]
         changed_recipients, changed_messages = [], []
@@ -204,13 +205,15 @@ def _attempt_values(
 _ATTEMPT_FIELDS = [f.attname for f in DeliveryAttempt._meta.concrete_fields]
 
 
-def _stored_attempt(pk: Any, values: dict[str, Any], message: OutboundMessage) -> DeliveryAttempt:
+def _stored_attempt(
+    pk: Any, values: dict[str, Any], message: OutboundMessage, alias: str
+) -> DeliveryAttempt:
     """The stored attempt as a model instance (for signals and callers), built from the
     values just inserted: positional arguments take Django's fast path, and the message is
     cached on it, as ``DeliveryAttempt(message=message)`` would."""
     attempt = DeliveryAttempt(pk, *(values[name] for name in _ATTEMPT_FIELDS[1:]))
     attempt._state.adding = False
-    attempt._state.db = router.db_for_write(DeliveryAttempt)
+    attempt._state.db = alias
     DeliveryAttempt._meta.get_field("message").set_cached_value(attempt, message)
     return attempt
 

@@ -153,13 +153,11 @@ def insert_values(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> 
         objects = [model(**row) for row in rows]
         model.objects.using(alias).bulk_create(objects)
         return [obj.pk for obj in objects]
-    plan = [(f.attname, _converter(f, connection), i in json_columns) for i, f in enumerate(fields)]
+    names = [f.attname for f in fields]
+    converters = [_converter(f, connection) for f in fields]
     memo: dict[tuple[int, tuple], Any] = {}
     params = [
-        [
-            _converted_once(memo, i, row[name], convert) if json else convert(row[name])
-            for i, (name, convert, json) in enumerate(plan)
-        ]
+        _converted_row([row[name] for name in names], converters, json_columns, memo)
         for row in rows
     ]
     return _insert_rows(model, connection, params)
@@ -193,13 +191,18 @@ def _row_params(
 ) -> list[Any]:
     for field in stamped:
         field.pre_save(obj, add=True)
-    params = []
-    for i, (field, convert) in enumerate(zip(fields, converters, strict=True)):
-        value = getattr(obj, field.attname)
-        params.append(
-            _converted_once(memo, i, value, convert) if i in json_columns else convert(value)
-        )
-    return params
+    values = [getattr(obj, field.attname) for field in fields]
+    return _converted_row(values, converters, json_columns, memo)
+
+
+def _converted_row(
+    values: list[Any], converters: list[Callable[[Any], Any]], json_columns: set, memo: dict
+) -> list[Any]:
+    """One row's values, in field order, as they are bound (JSON lists converted once)."""
+    return [
+        _converted_once(memo, i, value, convert) if i in json_columns else convert(value)
+        for i, (value, convert) in enumerate(zip(values, converters, strict=True))
+    ]
 
 
 def insert_one_sql(model: type[models.Model], connection: Any) -> str:
