@@ -7,6 +7,7 @@ compare-and-set on the message row, so a message already claimed or finished is 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from django.db import connections
@@ -159,13 +160,20 @@ def pending_wake_check() -> tuple[str, list[Any], str] | None:
     Plain SQL: this runs inside every ``send_mail()``, and building the query through the
     ORM costs more than running it. None when this process has queued no wake-up yet.
     """
-    from django_q.models import OrmQ
-
     alias = _wake_alias()
     row = _pending_wake.get(alias)
     if row is None:
         return None
     row_id, payload = row
+    connection = connections[alias]
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    return _pending_wake_sql(alias), [row_id, now], payload
+
+
+@lru_cache(maxsize=8)
+def _pending_wake_sql(alias: str) -> str:
+    from django_q.models import OrmQ
+
     connection = connections[alias]
     quote = connection.ops.quote_name
     meta = OrmQ._meta
@@ -176,8 +184,7 @@ def pending_wake_check() -> tuple[str, list[Any], str] | None:
     )
     if connection.features.has_select_for_update:
         sql += " FOR UPDATE"
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    return sql, [row_id, now], payload
+    return sql
 
 
 def queue_wake_in_transaction() -> None:

@@ -1,5 +1,6 @@
 """Queue mode in one process: outbox, claiming, leases, provider health, batching, retries."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -599,6 +600,30 @@ def test_a_slow_batch_stores_each_result_without_waiting_for_a_full_chunk(
         signals.attempt_finished.disconnect(note)
     # The first result was stored while the others were still being sent, not at the end.
     assert len(stored_at) == 3 and stored_at[-1] - stored_at[0] > 0.3, stored_at
+
+
+def test_a_fast_batch_is_stored_in_full_chunks(smtp_server, settings, monkeypatch):
+    """Results that arrive while a chunk is being stored wait for the next full chunk
+    instead of going into a transaction of their own, a few at a time."""
+    from django_reliable_mail.delivery import sending
+
+    server = smtp_server(extensions=["PIPELINING"])
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server, MAX_CONNECTIONS=2))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(130)])
+    monkeypatch.setattr(sending, "RECORD_CHUNK", 40)
+    monkeypatch.setattr(sending, "RECORD_WITHIN_SECONDS", 60)  # only full chunks, then the rest
+    sizes = []
+    record = sending.record_batch
+
+    def counting(items, **kwargs):
+        sizes.append(len(items))
+        time.sleep(0.02)  # a transaction's worth of time, while results keep arriving
+        return record(items, **kwargs)
+
+    monkeypatch.setattr(sending, "record_batch", counting)
+    assert delivery.deliver_due(limit=200).sent == 130
+    assert sizes == [40, 40, 40, 10]
 
 
 def test_sqlite_file_without_immediate_transactions_is_warned_about(settings, monkeypatch):

@@ -24,10 +24,28 @@ def new_message(i, **fields):
     )
 
 
+def insert(model, objects):
+    """Store new instances through ``insert_values`` and give them their keys."""
+    now = timezone.now()
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    values = [
+        {
+            f.attname: now
+            if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+            else getattr(obj, f.attname)
+            for f in fields
+        }
+        for obj in objects
+    ]
+    for obj, pk in zip(objects, rows.insert_values(model, values), strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+
+
 def test_insert_sets_keys_and_stores_every_kind_of_value():
     later = timezone.now() + timedelta(hours=1)
     messages = [new_message(i, send_at=later if i else None) for i in range(3)]
-    rows.insert(OutboundMessage, messages)
+    insert(OutboundMessage, messages)
     assert all(m.pk for m in messages) and len({m.pk for m in messages}) == 3
     for m in messages:
         stored = OutboundMessage.objects.get(pk=m.pk)
@@ -43,7 +61,7 @@ def test_insert_sets_keys_and_stores_every_kind_of_value():
 
 def test_update_shared_and_individual_values():
     messages = [new_message(i) for i in range(5)]
-    rows.insert(OutboundMessage, messages)
+    insert(OutboundMessage, messages)
     now = timezone.now()
     for i, m in enumerate(messages):
         m.status = "sent" if i < 3 else "retrying"  # three alike, two each their own
@@ -60,7 +78,7 @@ def test_update_shared_and_individual_values():
 
 def test_recipient_rows_get_their_own_attempt():
     message = new_message(0)
-    rows.insert(OutboundMessage, [message])
+    insert(OutboundMessage, [message])
     now = timezone.now()
     attempts = [
         DeliveryAttempt(
@@ -75,11 +93,11 @@ def test_recipient_rows_get_their_own_attempt():
         )
         for n in (1, 2)
     ]
-    rows.insert(DeliveryAttempt, attempts)
+    insert(DeliveryAttempt, attempts)
     statuses = [
         RecipientStatus(message=message, address=a) for a in ("r0@example.com", "x@example.com")
     ]
-    rows.insert(RecipientStatus, statuses)
+    insert(RecipientStatus, statuses)
     for status, attempt, code in zip(statuses, attempts, (250, 451), strict=True):
         status.state, status.reply_code, status.attempt = "accepted", code, attempt
         status.reply_text = f"reply {code}"
@@ -101,7 +119,7 @@ def test_recipient_rows_get_their_own_attempt():
 
 def test_insert_values_returns_keys_in_order_and_stores_what_the_orm_would():
     message = new_message(0)
-    rows.insert(OutboundMessage, [message])
+    insert(OutboundMessage, [message])
     now = timezone.now()
     names = [f.attname for f in DeliveryAttempt._meta.concrete_fields if not f.primary_key]
     base = {name: DeliveryAttempt._meta.get_field(name).get_default() for name in names}
@@ -126,5 +144,61 @@ def test_insert_values_returns_keys_in_order_and_stores_what_the_orm_would():
     for pk, row in zip(pks, values, strict=True):
         stored = DeliveryAttempt.objects.get(pk=pk)
         assert {name: getattr(stored, name) for name in names} == row
-    with pytest.raises(ValueError, match="auto_now"):
-        rows.insert_values(OutboundMessage, [{}])
+    with pytest.raises(KeyError):
+        rows.insert_values(OutboundMessage, [{}])  # every field is given (nothing stamps)
+
+
+def test_new_values_and_stored_instance_match_what_is_read_back():
+    now = timezone.now()
+    values = rows.new_values(
+        OutboundMessage,
+        created_at=now,
+        updated_at=now,
+        provider="main",
+        from_email="s@example.com",
+        recipients=["r@example.com"],
+        mime=b"body",
+        next_attempt_at=now,
+    )
+    assert values["status"] == "queued" and values["tags"] == [] and values["metadata"] == {}
+    (pk,) = rows.insert_values(OutboundMessage, [values])
+    made = rows.stored(OutboundMessage, pk, values, "default")
+    read = OutboundMessage.objects.get(pk=pk)
+    assert not made._state.adding and made._state.db == "default"
+    for field in OutboundMessage._meta.concrete_fields:
+        made_value, read_value = getattr(made, field.attname), getattr(read, field.attname)
+        if field.name == "mime":
+            made_value, read_value = bytes(made_value), bytes(read_value)
+        assert made_value == read_value, field.name
+
+
+def test_repeated_values_are_converted_once_but_stored_exactly():
+    """Empty containers are cached per process, lists of strings per call, timestamps per
+    value: none of that may mix up values that are equal in Python but not in JSON, or
+    keep a caller's object that changes later."""
+    from datetime import timezone as tz
+
+    now = timezone.now()
+    elsewhere = now.astimezone(tz(timedelta(hours=5)))  # the same instant
+    base = rows.new_values(
+        OutboundMessage,
+        created_at=now,
+        updated_at=elsewhere,
+        provider="main",
+        from_email="s@example.com",
+        mime=b"x",
+        next_attempt_at=now,
+    )
+    shared = {}
+    first = {**base, "metadata": shared, "tags": [1], "recipients": ["a@example.com"]}
+    second = {**base, "metadata": {}, "tags": [True], "recipients": ["a@example.com"]}
+    third = {**base, "metadata": {}, "tags": [1.5], "recipients": ["b@example.com"]}
+    pks = rows.insert_values(OutboundMessage, [first, second, third])
+    shared["changed"] = "after the insert"
+    (later,) = rows.insert_values(OutboundMessage, [{**base, "metadata": {}}])
+    stored = {m.pk: m for m in OutboundMessage.objects.all()}
+    assert [stored[pk].tags for pk in pks] == [[1], [True], [1.5]]
+    assert [type(stored[pk].tags[0]) for pk in pks] == [int, bool, float]
+    assert [stored[pk].recipients for pk in pks] == [["a@example.com"]] * 2 + [["b@example.com"]]
+    assert stored[later].metadata == {}
+    assert all(stored[pk].updated_at == now == stored[pk].created_at for pk in pks)

@@ -120,17 +120,15 @@ def enqueue_in_one_statement(
     the stored row and whether that wake-up is still waiting (and now locked until commit).
     """
     connection = connections[router.db_for_write(OutboundMessage)]
-    (row,) = _rows([prepared], mailer=mailer)
-    message_params = rows.insert_params(row, connection)
+    (values,) = _message_values([prepared], mailer=mailer)
+    message_params = rows.insert_params(OutboundMessage, values, connection)
     check_sql, check_params, payload = wake_check or (None, [], None)
     sql, defaults = _one_statement(connection.alias, check_sql)
-    params = [*message_params, *defaults, list(row.recipients), *check_params]
+    params = [*message_params, *defaults, list(values["recipients"]), *check_params]
     with rows.cursor(connection) as cursor:
         cursor.execute(sql, params)
         pk, found = cursor.fetchone()
-    row.pk = pk
-    row._state.adding = False
-    row._state.db = connection.alias
+    row = rows.stored(OutboundMessage, pk, values, connection.alias)
     signals.message_queued.send(sender=OutboundMessage, message=row)
     return row, payload is not None and found == payload
 
@@ -142,7 +140,7 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
     connection = connections[alias]
     quote = connection.ops.quote_name
     meta = RecipientStatus._meta
-    template = RecipientStatus(message_id=0, address="")
+    template = rows.new_values(RecipientStatus, message_id=0, address="")
     names, values, defaults = [], [], []
     for field in meta.concrete_fields:
         if field.primary_key:
@@ -155,7 +153,7 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
         else:
             # Typed: in a SELECT list the server cannot infer a parameter's type.
             values.append(f"%s::{field.db_type(connection)}")
-            defaults.append(rows.converted(field, connection, getattr(template, field.attname)))
+            defaults.append(rows.converted(field, connection, template[field.attname]))
     sql = (
         f"WITH m AS ({rows.insert_one_sql(OutboundMessage, connection)} "
         f"RETURNING {quote(OutboundMessage._meta.pk.column)} AS id), "
@@ -171,26 +169,30 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
 
 
 def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
-    created = _rows(prepared, mailer=mailer)
-    rows.insert(OutboundMessage, created)
-    if any(row.pk is None for row in created):  # databases that return no ids
-        raise RuntimeError("the database did not return primary keys from bulk_create")
-    rows.insert(
+    values = _message_values(prepared, mailer=mailer)
+    pks = rows.insert_values(OutboundMessage, values)
+    rows.insert_values(
         RecipientStatus,
         [
-            RecipientStatus(message=row, address=address)
-            for row in created
-            for address in row.recipients
+            rows.new_values(RecipientStatus, message_id=pk, address=address)
+            for pk, row in zip(pks, values, strict=True)
+            for address in row["recipients"]
         ],
     )
-    return created
+    alias = router.db_for_write(OutboundMessage)
+    return [
+        rows.stored(OutboundMessage, pk, row, alias) for pk, row in zip(pks, values, strict=True)
+    ]
 
 
-def _rows(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
-    """Unsaved message rows, status ``queued``."""
+def _message_values(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[dict[str, Any]]:
+    """New message rows (status ``queued``) as ``{attname: value}``."""
     now = timezone.now()
     return [
-        OutboundMessage(
+        rows.new_values(
+            OutboundMessage,
+            created_at=now,
+            updated_at=now,
             status=Status.QUEUED,
             provider=p.provider,
             from_email=p.serialized.from_email,

@@ -202,18 +202,12 @@ def _attempt_values(
     )
 
 
-_ATTEMPT_FIELDS = [f.attname for f in DeliveryAttempt._meta.concrete_fields]
-
-
 def _stored_attempt(
     pk: Any, values: dict[str, Any], message: OutboundMessage, alias: str
 ) -> DeliveryAttempt:
-    """The stored attempt as a model instance (for signals and callers), built from the
-    values just inserted: positional arguments take Django's fast path, and the message is
+    """The stored attempt as a model instance (for signals and callers), with the message
     cached on it, as ``DeliveryAttempt(message=message)`` would."""
-    attempt = DeliveryAttempt(pk, *(values[name] for name in _ATTEMPT_FIELDS[1:]))
-    attempt._state.adding = False
-    attempt._state.db = alias
+    attempt = rows.stored(DeliveryAttempt, pk, values, alias)
     DeliveryAttempt._meta.get_field("message").set_cached_value(attempt, message)
     return attempt
 

@@ -15,7 +15,10 @@ work: about 80 µs per attempt row.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -72,22 +75,51 @@ def _values(numbered: bool, rows: int, columns: int) -> str:
     return ", ".join(f"({_marks(numbered, columns, 1 + r * columns)})" for r in range(rows))
 
 
-def _as_text(value: Any) -> Any:
+def _as_text(value: Any, connection: Any) -> Any:
     # Choices enums are str subclasses; not every database driver adapts those.
     return value if value is None or type(value) is str else str(value)
 
 
-def _converter(field: models.Field, connection: Any) -> Callable[[Any], Any]:
+def _as_is(value: Any, connection: Any) -> Any:
+    return value
+
+
+def _prepared(field: models.Field) -> Callable[[Any, Any], Any]:
+    def prepare(value: Any, connection: Any) -> Any:
+        # Every field stores None as NULL (JSONField too: JSON null needs a Value()).
+        return None if value is None else field.get_db_prep_save(value, connection)
+
+    return prepare
+
+
+def _prepared_datetime(field: models.Field) -> Callable[[Any, Any], Any]:
+    def prepare(value: Any, connection: Any) -> Any:
+        if value is None:
+            return None
+        if type(value) is datetime and value.utcoffset() is not None:
+            # An aware datetime passes get_prep_value() unchanged; naive ones still go
+            # through it (and its warning).
+            return connection.ops.adapt_datetimefield_value(value)
+        return field.get_db_prep_save(value, connection)
+
+    return prepare
+
+
+@lru_cache(maxsize=512)
+def _converter(field: models.Field) -> Callable[[Any, Any], Any]:
+    """``convert(value, connection)``: the value as it is bound for ``field``."""
     if isinstance(field, models.CharField | models.TextField):
         return _as_text
     if isinstance(field, _PLAIN):
-        return lambda value: value
-    return lambda value: field.get_db_prep_save(value, connection)
+        return _as_is
+    if isinstance(field, models.DateTimeField):
+        return _prepared_datetime(field)
+    return _prepared(field)
 
 
 def converted(field: models.Field, connection: Any, value: Any) -> Any:
     """``value`` as this module binds it for ``field``."""
-    return _converter(field, connection)(value)
+    return _converter(field)(value, connection)
 
 
 def _assignments(connection: Any, fields: list[models.Field]) -> str:
@@ -97,127 +129,126 @@ def _assignments(connection: Any, fields: list[models.Field]) -> str:
     return ", ".join(f"{quote(f.column)} = {m}" for f, m in zip(fields, marks, strict=True))
 
 
-@lru_cache(maxsize=64)
-def _insert_plan(model: type[models.Model], alias: str) -> tuple[str, list, list, set]:
-    """The INSERT head, its fields, those stamped on save (auto_now), the JSON columns.
+@dataclass(frozen=True)
+class _InsertPlan:
+    head: str  # INSERT INTO … (columns) VALUES
+    #: Every concrete field but the primary key, in the order positional model arguments
+    #: take them, and how each one's values are bound.
+    fields: list[models.Field]
+    converters: list[Callable[[Any, Any], Any]]
+    json_columns: set[int]
+    datetime_columns: set[int]
+    #: Bound forms of ``{}`` and ``[]`` per JSON column, converted once per process.
+    empties: dict[tuple[int, type], Any] = dataclasses.field(default_factory=dict)
 
-    Only strings and fields are kept: the connection object is per thread.
-    """
+
+@lru_cache(maxsize=64)
+def _insert_plan(model: type[models.Model], alias: str) -> _InsertPlan:
+    """Only strings and fields are kept: the connection object is per thread."""
     quote = connections[alias].ops.quote_name
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(quote(f.column) for f in fields)
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
-    stamped = [
-        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-    ]
-    json_columns = {i for i, f in enumerate(fields) if isinstance(f, models.JSONField)}
-    return head, fields, stamped, json_columns
-
-
-def insert(model: type[models.Model], objects: Sequence[models.Model]) -> None:
-    """INSERT ``objects`` (new, unsaved) and set their primary keys.
-
-    Where the database cannot return ids from a multi-row INSERT, Django's ``bulk_create``
-    does the work instead.
-    """
-    if not objects:
-        return
-    alias = router.db_for_write(model)
-    connection = connections[alias]
-    if not connection.features.can_return_rows_from_bulk_insert:
-        model.objects.using(alias).bulk_create(objects)
-        return
-    _, fields, stamped, json_columns = _insert_plan(model, alias)
-    converters = [_converter(f, connection) for f in fields]
-    memo: dict[tuple[int, tuple], Any] = {}  # the same extension list on every attempt
-    params = [_row_params(obj, fields, converters, stamped, json_columns, memo) for obj in objects]
-    for obj, pk in zip(objects, _insert_rows(model, connection, params), strict=True):
-        obj.pk = pk
-        obj._state.adding = False
-        obj._state.db = alias
+    return _InsertPlan(
+        head=f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ",
+        fields=fields,
+        converters=[_converter(f) for f in fields],
+        json_columns={i for i, f in enumerate(fields) if isinstance(f, models.JSONField)},
+        datetime_columns={i for i, f in enumerate(fields) if isinstance(f, models.DateTimeField)},
+    )
 
 
 def insert_values(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> list[Any]:
     """INSERT rows given as ``{attname: value}`` for every concrete field but the primary
-    key, and return their primary keys in order: for a caller that needs the rows stored
-    more than it needs model instances (building those first costs more than the insert).
-    The model must have no ``auto_now`` fields (nothing stamps them here)."""
+    key (:func:`new_values` fills in the defaults), and return their primary keys in order.
+
+    No model instances are built: on the hot paths they cost more than the insert, and
+    :func:`stored` makes one afterwards where a caller needs it. Nothing is stamped here,
+    so ``auto_now`` fields must be given like any other.
+    """
     if not rows:
         return []
     alias = router.db_for_write(model)
     connection = connections[alias]
-    _, fields, stamped, json_columns = _insert_plan(model, alias)
-    if stamped:
-        raise ValueError(f"{model.__name__} has auto_now fields: use insert()")
     if not connection.features.can_return_rows_from_bulk_insert:
         objects = [model(**row) for row in rows]
         model.objects.using(alias).bulk_create(objects)
+        if any(obj.pk is None for obj in objects):
+            raise RuntimeError(f"the database returned no ids for new {model.__name__} rows")
         return [obj.pk for obj in objects]
-    names = [f.attname for f in fields]
-    converters = [_converter(f, connection) for f in fields]
-    memo: dict[tuple[int, tuple], Any] = {}
-    params = [
-        _converted_row([row[name] for name in names], converters, json_columns, memo)
-        for row in rows
-    ]
+    plan = _insert_plan(model, alias)
+    names = [f.attname for f in plan.fields]
+    memo: dict[tuple[int, Any], Any] = {}
+    params = [_converted_row([row[name] for name in names], plan, connection, memo) for row in rows]
     return _insert_rows(model, connection, params)
+
+
+def new_values(model: type[models.Model], **given: Any) -> dict[str, Any]:
+    """``{attname: value}`` of a new row: ``given``, and every other field's default."""
+    return {
+        field.attname: given[field.attname] if field.attname in given else field.get_default()
+        for field in _insert_plan(model, router.db_for_write(model)).fields
+    }
+
+
+def stored(model: type[models.Model], pk: Any, values: dict[str, Any], alias: str) -> Any:
+    """The row just inserted from ``values`` as a model instance, for signals and callers:
+    positional arguments take Django's fast path."""
+    obj = model(pk, *(values[field.attname] for field in _insert_plan(model, alias).fields))
+    obj._state.adding = False
+    obj._state.db = alias
+    return obj
 
 
 def _insert_rows(model: type[models.Model], connection: Any, rows: list[list[Any]]) -> list[Any]:
     """Multi-row ``INSERT … RETURNING id`` of converted parameter rows; the new ids."""
-    head, fields, _, _ = _insert_plan(model, connection.alias)
+    plan = _insert_plan(model, connection.alias)
     numbered = _numbered(connection)
     pk_column = connection.ops.quote_name(model._meta.pk.column)
-    size = max(connection.ops.bulk_batch_size(fields, rows), 1) if len(rows) > 1 else 1
+    size = max(connection.ops.bulk_batch_size(plan.fields, rows), 1) if len(rows) > 1 else 1
     pks: list[Any] = []
     with _cursor(connection) as cursor:
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            values = _values(numbered, len(chunk), len(fields))
+            values = _values(numbered, len(chunk), len(plan.fields))
             cursor.execute(
-                f"{head}{values} RETURNING {pk_column}", [v for row in chunk for v in row]
+                f"{plan.head}{values} RETURNING {pk_column}", [v for row in chunk for v in row]
             )
             pks.extend(pk for (pk,) in cursor.fetchall())
     return pks
 
 
-def _row_params(
-    obj: models.Model,
-    fields: list,
-    converters: list[Callable[[Any], Any]],
-    stamped: list,
-    json_columns: set,
-    memo: dict,
-) -> list[Any]:
-    for field in stamped:
-        field.pre_save(obj, add=True)
-    values = [getattr(obj, field.attname) for field in fields]
-    return _converted_row(values, converters, json_columns, memo)
-
-
-def _converted_row(
-    values: list[Any], converters: list[Callable[[Any], Any]], json_columns: set, memo: dict
-) -> list[Any]:
-    """One row's values, in field order, as they are bound (JSON lists converted once)."""
-    return [
-        _converted_once(memo, i, value, convert) if i in json_columns else convert(value)
-        for i, (value, convert) in enumerate(zip(values, converters, strict=True))
-    ]
+def _converted_row(values: list[Any], plan: _InsertPlan, connection: Any, memo: dict) -> list[Any]:
+    """One row's values, in field order, as they are bound."""
+    json_columns, datetime_columns = plan.json_columns, plan.datetime_columns
+    row = []
+    for i, (value, convert) in enumerate(zip(values, plan.converters, strict=True)):
+        if i in json_columns:
+            row.append(_converted_json(plan, memo, i, value, convert, connection))
+        elif i in datetime_columns and value is not None:
+            # One timestamp is often several columns (created, updated, next attempt).
+            try:
+                row.append(memo[value])
+            except KeyError:
+                memo[value] = bound = convert(value, connection)
+                row.append(bound)
+        else:
+            row.append(convert(value, connection))
+    return row
 
 
 def insert_one_sql(model: type[models.Model], connection: Any) -> str:
     """``INSERT … VALUES (%s, …)`` for one row of ``model``, for callers that build a larger
     statement around it (:func:`numbered` turns the marks into ``$n``); its parameters come
     from :func:`insert_params`."""
-    head, fields, _, _ = _insert_plan(model, connection.alias)
-    return head + "(" + _marks(False, len(fields)) + ")"
+    plan = _insert_plan(model, connection.alias)
+    return plan.head + "(" + _marks(False, len(plan.fields)) + ")"
 
 
-def insert_params(obj: models.Model, connection: Any) -> list[Any]:
-    """The parameters of :func:`insert_one_sql` for one new object."""
-    _, fields, stamped, json_columns = _insert_plan(type(obj), connection.alias)
-    converters = [_converter(f, connection) for f in fields]
-    return _row_params(obj, fields, converters, stamped, json_columns, {})
+def insert_params(model: type[models.Model], values: dict[str, Any], connection: Any) -> list[Any]:
+    """The parameters of :func:`insert_one_sql` for one row given as in
+    :func:`insert_values`."""
+    plan = _insert_plan(model, connection.alias)
+    return _converted_row([values[f.attname] for f in plan.fields], plan, connection, {})
 
 
 def numbered(sql: str, connection: Any) -> str:
@@ -237,17 +268,28 @@ def cursor(connection: Any) -> Any:
     return _cursor(connection)
 
 
-def _converted_once(memo: dict, column: int, value: Any, convert: Callable) -> Any:
-    if not isinstance(value, list):
-        return convert(value)
+def _converted_json(
+    plan: _InsertPlan, memo: dict, column: int, value: Any, convert: Callable, connection: Any
+) -> Any:
+    """A JSON column's value as bound, converted once where it repeats: ``{}`` and ``[]``
+    once per process (from a private empty one, so no caller's object is kept), a list of
+    strings once per call (the same extension list on every attempt). Only those: ``[1]``
+    and ``[True]`` are equal keys but different JSON."""
+    kind = type(value)
+    if (kind is dict or kind is list) and not value:
+        try:
+            return plan.empties[column, kind]
+        except KeyError:
+            plan.empties[column, kind] = bound = convert(kind(), connection)
+            return bound
+    if kind is not list or not all(type(item) is str for item in value):
+        return convert(value, connection)
+    key = (column, tuple(value))
     try:
-        key = (column, tuple(value))
         return memo[key]
-    except TypeError:  # a list of unhashable items
-        return convert(value)
     except KeyError:
-        memo[key] = converted = convert(value)
-        return converted
+        memo[key] = bound = convert(value, connection)
+        return bound
 
 
 def update(model: type[models.Model], objects: Sequence[models.Model], names: list[str]) -> None:
@@ -266,13 +308,15 @@ def update(model: type[models.Model], objects: Sequence[models.Model], names: li
     quote = connection.ops.quote_name
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     numbered = _numbered(connection)
-    converters = [_converter(f, connection) for f in fields]
+    converters = [_converter(f) for f in fields]
     groups: dict[str, tuple[list[Any], list[Any]]] = {}
     for obj in objects:
         raw = [getattr(obj, f.attname) for f in fields]
         key = repr(raw)
         if key not in groups:
-            values = [convert(value) for value, convert in zip(raw, converters, strict=True)]
+            values = [
+                convert(value, connection) for value, convert in zip(raw, converters, strict=True)
+            ]
             groups[key] = (values, [])
         groups[key][1].append(obj.pk)
     singles = []
@@ -340,7 +384,7 @@ def set_by_ids(model: type[models.Model], ids: Sequence[int], **values: Any) -> 
         return
     connection = connections[router.db_for_write(model)]
     fields = [model._meta.get_field(name) for name in values]
-    params = [_converter(f, connection)(values[f.name]) for f in fields]
+    params = [converted(f, connection, values[f.name]) for f in fields]
     with _cursor(connection) as cursor:
         _update_ids(cursor, model, fields, params, ids)
 

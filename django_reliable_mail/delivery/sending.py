@@ -311,15 +311,19 @@ def _deliver_group(
                 while True:
                     try:
                         await asyncio.wait_for(wake.wait(), RECORD_WITHIN_SECONDS)
+                        flush = sending_done
                     except TimeoutError:
-                        pass  # a slow batch: store what is ready (each message's status)
+                        flush = True  # a slow batch: store what is ready (each message's status)
                     wake.clear()
-                    while ready:
+                    # Full chunks only while sending goes on: results that arrive during one
+                    # chunk's transaction wait for the next full one, rather than going
+                    # out a few at a time, each with a transaction's fixed cost.
+                    while len(ready) >= RECORD_CHUNK or (flush and ready):
                         chunk = ready[:RECORD_CHUNK]
                         del ready[: len(chunk)]
                         await bridge.call(record_chunk, chunk)
                         stored.set()
-                    if sending_done:
+                    if sending_done and not ready:
                         return
             finally:
                 stored.set()  # a refill waiting for room must not wait for a dead recorder
