@@ -202,3 +202,57 @@ def test_repeated_values_are_converted_once_but_stored_exactly():
     assert [stored[pk].recipients for pk in pks] == [["a@example.com"]] * 2 + [["b@example.com"]]
     assert stored[later].metadata == {}
     assert all(stored[pk].updated_at == now == stored[pk].created_at for pk in pks)
+
+
+def test_load_reads_rows_as_the_orm_does():
+    from django.db import connection
+
+    later = timezone.now() + timedelta(hours=1)
+    messages = [new_message(i, send_at=later if i else None) for i in range(3)]
+    messages[1].metadata, messages[1].tags = {}, []
+    messages[2].options = {"dsn_notify": ["FAILURE"]}
+    insert(OutboundMessage, messages)
+    rows.set_by_ids(OutboundMessage, [m.pk for m in messages], lease_expires_at=later)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {rows.columns(OutboundMessage, connection)} "
+            f"FROM {OutboundMessage._meta.db_table} ORDER BY id"
+        )
+        loaded = rows.load(OutboundMessage, connection, cursor.fetchall())
+    expected = list(OutboundMessage.objects.order_by("id"))
+    for made, read in zip(loaded, expected, strict=True):
+        for field in OutboundMessage._meta.concrete_fields:
+            made_value, read_value = getattr(made, field.attname), getattr(read, field.attname)
+            if field.name == "mime":
+                made_value, read_value = bytes(made_value), bytes(read_value)
+            assert made_value == read_value, field.name
+            assert type(made_value) is type(read_value), field.name
+    # Empty JSON values are each their own object, as json.loads would give.
+    loaded[0].options["x"] = 1
+    assert loaded[1].options == {} and loaded[1].metadata == {}
+
+
+def test_update_groups_only_rows_that_bind_the_same_values():
+    messages = [new_message(i) for i in range(6)]
+    insert(OutboundMessage, messages)
+    values = [
+        ({}, 1, ["a"]),
+        ({}, 1, ["a"]),  # the same as the first: one statement for both
+        ({"n": 1}, True, ["a"]),  # equal to 1 in Python, but a bool
+        ({"n": 1}, 1, [1]),
+        ({"n": 1}, 1, [True]),
+        ({"n": 1}, 1, ("x", ["y"])),  # a tuple holding a list: not hashable
+    ]
+    for message, (options, count, tags) in zip(messages, values, strict=True):
+        message.options, message.attempt_count, message.tags = options, count, tags
+    rows.update(OutboundMessage, messages, ["options", "attempt_count", "tags"])
+    stored = [OutboundMessage.objects.get(pk=m.pk) for m in messages]
+    assert [(m.options, m.attempt_count, m.tags) for m in stored] == [
+        ({}, 1, ["a"]),
+        ({}, 1, ["a"]),
+        ({"n": 1}, 1, ["a"]),
+        ({"n": 1}, 1, [1]),
+        ({"n": 1}, 1, [True]),
+        ({"n": 1}, 1, ["x", ["y"]]),
+    ]
+    assert [type(m.tags[0]) for m in stored[3:5]] == [int, bool]

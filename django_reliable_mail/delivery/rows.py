@@ -309,10 +309,10 @@ def update(model: type[models.Model], objects: Sequence[models.Model], names: li
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     numbered = _numbered(connection)
     converters = [_converter(f) for f in fields]
-    groups: dict[str, tuple[list[Any], list[Any]]] = {}
+    groups: dict[tuple, tuple[list[Any], list[Any]]] = {}
     for obj in objects:
         raw = [getattr(obj, f.attname) for f in fields]
-        key = repr(raw)
+        key = _same_values_key(raw)
         if key not in groups:
             values = [
                 convert(value, connection) for value, convert in zip(raw, converters, strict=True)
@@ -332,6 +332,19 @@ def update(model: type[models.Model], objects: Sequence[models.Model], names: li
             one = _marks(numbered, 1, len(fields) + 1)
             assignments = _assignments(connection, fields)
             cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk} = {one}", singles)
+
+
+def _same_values_key(raw: list[Any]) -> tuple:
+    """A key equal for rows that bind the same values: types included (``1`` and ``True``
+    are equal in Python), JSON containers by their repr (they are not hashable)."""
+    key = tuple(
+        (type(value), repr(value) if type(value) in (dict, list) else value) for value in raw
+    )
+    try:
+        hash(key)
+    except TypeError:  # something else unhashable (a tuple holding a list…)
+        return (repr(raw),)
+    return key
 
 
 def _update_ids(
@@ -423,14 +436,35 @@ def load(model: type[models.Model], connection: Any, fetched: Sequence[Sequence[
         col = field.cached_col
         converters = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
         if converters:
-            plan.append((i, col, converters))
+            # A timestamp read back is immutable and often repeats down a batch (the claim
+            # sets one lease and one update time on every row): parsed once per value.
+            shared = isinstance(field, models.DateTimeField | models.DateField)
+            plain_json = isinstance(field, models.JSONField) and field.decoder is None
+            plan.append((i, col, converters, shared, plain_json))
     names = [f.attname for f in fields]
     alias = connection.alias
     loaded = []
+    parsed: dict[Any, Any] = {}
     for row in fetched:
         values = list(row)
-        for i, col, converters in plan:
+        for i, col, converters, shared, plain_json in plan:
+            raw = values[i]
+            if raw is None:
+                continue  # NULL stays None through every converter of our fields
+            if plain_json and (raw == "{}" or raw == "[]"):
+                values[i] = {} if raw == "{}" else []  # what json.loads gives, cheaper
+                continue
+            if shared:
+                try:
+                    values[i] = parsed[i, raw]
+                    continue
+                except KeyError:
+                    pass
+            value = raw
             for convert in converters:
-                values[i] = convert(values[i], col, connection)
+                value = convert(value, col, connection)
+            values[i] = value
+            if shared:
+                parsed[i, raw] = value
         loaded.append(model.from_db(alias, names, values))
     return loaded
