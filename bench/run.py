@@ -573,16 +573,21 @@ def main() -> None:
         lines.append(
             f"| {name} | {statistics.median(values):.2f} | {min(values):.2f}-{max(values):.2f} |"
         )
-    slow_rates = rates.get((engines[0], "rmail_queue@25ms", "send"), [0])
-    lines += [
-        "",
-        f"At 25 ms RTT the round-trip bound for {args.latency_connections} pipelined "
-        f"connections (2 round trips a message) is {bound:.0f} msg/s; reached "
-        f"{statistics.median(slow_rates):.0f} ({100 * statistics.median(slow_rates) / bound:.0f}%"
-        "; a reused connection needs about one round trip a message here, as the next "
-        "message's commands follow the previous body).",
-        "",
-    ]
+    # The latency scenario runs on the first setting that has one (sqlite-wal skips it).
+    slow_engine = next((e for e in engines if (e, "rmail_queue@25ms", "send") in rates), None)
+    slow_rate = (
+        statistics.median(rates[slow_engine, "rmail_queue@25ms", "send"]) if slow_engine else 0
+    )
+    if slow_engine:
+        lines += [
+            "",
+            f"At 25 ms RTT ({slow_engine}) the round-trip bound for {args.latency_connections} "
+            f"pipelined connections (2 round trips a message) is {bound:.0f} msg/s; reached "
+            f"{slow_rate:.0f} ({100 * slow_rate / bound:.0f}%; a reused connection needs about "
+            "one round trip a message here, as the next message's commands follow the "
+            "previous body).",
+        ]
+    lines.append("")
     for key, value in extra.items():
         lines.append(f"- {key}: {value:,.2f}")
     (ROOT / "bench" / "RESULTS.md").write_text("\n".join(lines) + "\n")
@@ -595,9 +600,11 @@ def main() -> None:
             ratios[f"{first}_send_vs_raw_aiosmtplib"]
         ),
         "latency25_ratio_vs_post_office": statistics.median(
-            ratios.get(f"{first}_latency25_vs_post_office", [0.0])
-        ),
-        "latency25_fraction_of_bound": statistics.median(slow_rates) / bound,
+            ratios[f"{slow_engine}_latency25_vs_post_office"]
+        )
+        if slow_engine
+        else None,
+        "latency25_fraction_of_bound": slow_rate / bound if slow_engine else None,
         "enqueue_p50_ms": extra[f"{first}_enqueue_p50_ms"],
         "enqueue_p99_ms": extra[f"{first}_enqueue_p99_ms"],
         "drain_messages": extra.get("drain_messages"),

@@ -172,6 +172,7 @@ def pending_wake_check() -> tuple[str, list[Any], str] | None:
 
 @lru_cache(maxsize=8)
 def _pending_wake_sql(alias: str) -> str:
+    """The statement of :func:`pending_wake_check`, built once per database."""
     from django_q.models import OrmQ
 
     connection = connections[alias]
