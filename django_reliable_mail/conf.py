@@ -35,6 +35,9 @@ SETTING = "RELIABLE_MAIL"
 MODES = ("queue", "immediate")
 TRANSCRIPT_POLICIES = ("always", "failures", "never")
 UNKNOWN_POLICIES = ("retry", "hold")
+#: Where a batch's SMTP work runs: "auto" (streaming batches in a helper process of the
+#: worker's when the machine has a second core), "always" (every batch), "never".
+SMTP_PROCESS_POLICIES = ("auto", "always", "never")
 BACKOFFS = ("exponential", "linear", "fixed")
 RULE_OUTCOMES = {v.value: v for v in Verdict if v != Verdict.OK}
 
@@ -48,6 +51,7 @@ TOP_LEVEL_DEFAULTS: dict[str, Any] = {
     "RETENTION_DAYS": 30,
     "UNKNOWN_OUTCOME": "retry",
     "LEASE_SECONDS": 300,
+    "SMTP_PROCESS": "auto",
 }
 PROVIDER_DEFAULTS: dict[str, Any] = {
     "PRESET": None,
@@ -165,6 +169,7 @@ class Config:
     retention_days: int = 30
     unknown_outcome: str = "retry"
     lease_seconds: int = 300
+    smtp_process: str = "auto"
     #: Where the raw settings came from, for error messages.
     source: str = SETTING
     #: The raw provider dicts (after presets), so backend options can override a key.
@@ -420,6 +425,7 @@ def validate(
     v.positive(top["TRANSCRIPT_MAX_CHARS"], "TRANSCRIPT_MAX_CHARS")
     v.positive(top["RETENTION_DAYS"], "RETENTION_DAYS")
     v.positive(top["LEASE_SECONDS"], "LEASE_SECONDS")
+    v.choice(top["SMTP_PROCESS"], SMTP_PROCESS_POLICIES, "SMTP_PROCESS")
 
     if any(not p.warning for p in v.problems):
         return None, v.problems
@@ -433,6 +439,7 @@ def validate(
         retention_days=int(top["RETENTION_DAYS"]),
         unknown_outcome=top["UNKNOWN_OUTCOME"],
         lease_seconds=int(top["LEASE_SECONDS"]),
+        smtp_process=top["SMTP_PROCESS"],
         source=v.source,
         raw_providers=merged_raw,
     )

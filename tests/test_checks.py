@@ -51,6 +51,12 @@ def problems(value):
             None,
         ),
         (
+            {"PROVIDERS": {"a": OK}, "SMTP_PROCESS": "yes"},
+            "reliable_mail.E004",
+            "RELIABLE_MAIL['SMTP_PROCESS'] is 'yes'; expected one of 'auto', 'always', 'never'.",
+            None,
+        ),
+        (
             {"PROVIDERS": {"a": {**OK, "TLS": "ssl"}}},
             "reliable_mail.E004",
             "RELIABLE_MAIL['PROVIDERS']['a']['TLS'] is 'ssl'; expected one of 'implicit', "

@@ -21,6 +21,7 @@ from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage
 
 from .test_backend import message, provider_for
+from .test_helper import gone
 from .test_queue import queue_async
 
 pytestmark = [
@@ -46,11 +47,12 @@ def _workers_gone():
     end_other_sessions()
 
 
-def config_for(server, **provider):
+def config_for(server, smtp_process="auto", **provider):
     return {
         "DEFAULT_PROVIDER": "main",
         "MODE": "queue",
         "LEASE_SECONDS": 2,
+        "SMTP_PROCESS": smtp_process,
         "PROVIDERS": {
             "main": provider_for(
                 server, RETRY={"BASE_SECONDS": 0.05, "JITTER": 0, "MAX_ATTEMPTS": 10}, **provider
@@ -132,9 +134,12 @@ def test_four_workers_greylisting_exactly_once(smtp_server, settings):
     assert all(not out.startswith("0 attempt") for out in outputs), outputs
 
 
-def test_random_sigkill_never_loses_and_only_flagged_duplicates(smtp_server, settings):
+@pytest.mark.parametrize("smtp_process", ["always", "never"])
+def test_random_sigkill_never_loses_and_only_flagged_duplicates(
+    smtp_server, settings, smtp_process
+):
     server = smtp_server(reply_delay=0.01)
-    config = config_for(server, MAX_CONNECTIONS=2)
+    config = config_for(server, smtp_process, MAX_CONNECTIONS=2)
     total = queue_messages(settings, config, 150)
     rng = random.Random(20261127)
     procs = [
@@ -193,16 +198,33 @@ def wait_for(predicate, timeout=20):
     raise AssertionError("condition not reached in time")
 
 
+def helpers_of(pid):
+    """The SMTP helper processes that this worker started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid and b"smtp.helper" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def kill(proc):
     proc.send_signal(signal.SIGKILL)
     proc.communicate()  # reap it and close its pipe
 
 
-def test_sigkill_before_the_server_answered(smtp_server, settings):
+@pytest.mark.parametrize("smtp_process", ["always", "never"])
+def test_sigkill_before_the_server_answered(smtp_server, settings, smtp_process):
     server = smtp_server()
     hole = BlackHole()
     try:
-        stuck = config_for(server, PORT=hole.port, TIMEOUT=30)
+        stuck = config_for(server, smtp_process, PORT=hole.port, TIMEOUT=30)
         queue_messages(settings, stuck, 1)
         worker = start_worker(stuck, "--loop", "--interval", "0.1")
         wait_for(hole.accepted.is_set)
@@ -210,19 +232,24 @@ def test_sigkill_before_the_server_answered(smtp_server, settings):
     finally:
         hole.close()
     time.sleep(2.5)
-    run_until_idle(config_for(server), idle=1.5)
+    run_until_idle(config_for(server, smtp_process), idle=1.5)
     row = OutboundMessage.objects.get()
     assert row.status == Status.SENT and len(server.messages) == 1
     assert list(row.attempts.values_list("outcome", "possible_duplicate")) == [("accepted", False)]
 
 
-def test_sigkill_in_the_middle_of_data(smtp_server, settings):
+@pytest.mark.parametrize("smtp_process", ["always", "never"])
+def test_sigkill_in_the_middle_of_data(smtp_server, settings, smtp_process):
     server = smtp_server(stall_after_body=30)
-    config = config_for(server)
+    config = config_for(server, smtp_process)
     queue_messages(settings, config, 1)
     worker = start_worker(config, "--loop", "--interval", "0.1")
     wait_for(lambda: len(server.messages) == 1)
+    helpers = helpers_of(worker.pid)
+    assert len(helpers) == (1 if smtp_process == "always" else 0)
     kill(worker)
+    for pid in helpers:  # the worker's SMTP side goes with it, mid-batch
+        wait_for(lambda pid=pid: gone(pid), timeout=5)
     server.stall_after_body = 0
     time.sleep(2.5)
     run_until_idle(config, idle=1.5)
@@ -233,11 +260,12 @@ def test_sigkill_in_the_middle_of_data(smtp_server, settings):
     assert len(server.messages) == 2  # the one duplicate, and it is flagged
 
 
-def test_sigkill_after_the_reply_before_it_is_stored(smtp_server, settings):
+@pytest.mark.parametrize("smtp_process", ["always", "never"])
+def test_sigkill_after_the_reply_before_it_is_stored(smtp_server, settings, smtp_process):
     import psycopg
 
     server = smtp_server()
-    config = config_for(server)
+    config = config_for(server, smtp_process)
     queue_messages(settings, config, 1)
     params = connection.settings_dict
     locker = psycopg.connect(

@@ -1,0 +1,158 @@
+"""The SMTP side in a helper process: the same results stored, and nothing lost or left
+running when either process dies."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from django_reliable_mail import delivery
+from django_reliable_mail.backends import EmailBackend
+from django_reliable_mail.delivery.sending import _cores
+from django_reliable_mail.models import DeliveryAttempt, OutboundMessage
+from django_reliable_mail.smtp import helper
+from django_reliable_mail.smtp.helper import HelperProcessError
+
+from .test_backend import message, provider_for
+from .test_queue import queue_async, queue_config
+
+pytestmark = pytest.mark.django_db(transaction=True)
+Status = OutboundMessage.Status
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def helper_config(server, smtp_process="always", **provider):
+    return {
+        **queue_config(main=provider_for(server, **provider)),
+        "SMTP_PROCESS": smtp_process,
+    }
+
+
+def gone(pid):
+    """The process has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def wait_for(predicate, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.skipif(_cores() < 2, reason="the helper process is for a second core")
+def test_a_stream_sent_by_the_helper_stores_every_attempt_and_transcript(
+    smtp_server, settings, tls
+):
+    server = smtp_server(tls="starttls", users={"shop": "s3cret-pw"})
+    settings.RELIABLE_MAIL = helper_config(
+        server,
+        smtp_process="auto",
+        CA_FILE=tls[1],
+        USERNAME="shop",
+        PASSWORD="s3cret-pw",
+        MAX_CONNECTIONS=2,
+    )
+    queue_async(settings)
+    EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(30)])
+
+    summary = delivery.deliver_due(limit=10, keep_going_seconds=5)
+
+    assert helper._shared is not None and helper._shared.alive
+    assert helper._shared.process.pid != os.getpid()
+    assert (summary.claimed, summary.attempts, summary.sent) == (30, 30, 30)
+    assert OutboundMessage.objects.filter(status=Status.SENT).count() == 30
+    assert len(server.messages) == 30
+    attempts = list(DeliveryAttempt.objects.all())
+    assert len(attempts) == 30 and all(a.outcome == "accepted" for a in attempts)
+    assert all("MAIL FROM:<app@example.com>" in a.transcript for a in attempts)
+    assert any("AUTH" in a.transcript for a in attempts)
+    assert not any("s3cret-pw" in a.transcript for a in attempts)
+    assert all(a.auth_mechanism and a.tls_version for a in attempts)
+
+
+def test_without_a_stream_the_batch_stays_in_this_process(smtp_server, settings, monkeypatch):
+    monkeypatch.setattr(helper, "_shared", None)
+    server = smtp_server()
+    settings.RELIABLE_MAIL = helper_config(server, smtp_process="auto")
+    queue_async(settings)
+    EmailBackend().send_messages([message()])
+    delivery.deliver_due(limit=10)  # one batch, no stream: not worth a second process
+    assert helper._shared is None
+    assert OutboundMessage.objects.get().status == Status.SENT
+
+
+def test_never_keeps_a_stream_in_this_process(smtp_server, settings, monkeypatch):
+    monkeypatch.setattr(helper, "_shared", None)
+    server = smtp_server()
+    settings.RELIABLE_MAIL = helper_config(server, smtp_process="never")
+    queue_async(settings)
+    EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(5)])
+    delivery.deliver_due(limit=2, keep_going_seconds=5)
+    assert helper._shared is None
+    assert OutboundMessage.objects.filter(status=Status.SENT).count() == 5
+
+
+def test_a_helper_that_dies_mid_batch_gives_every_message_back(smtp_server, settings):
+    server = smtp_server(reply_delay=0.3)  # each final reply takes 0.3 s
+    settings.RELIABLE_MAIL = helper_config(
+        server, MAX_CONNECTIONS=1, RETRY={"BASE_SECONDS": 0.01, "JITTER": 0}
+    )
+    queue_async(settings)
+    EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(6)])
+
+    def kill_when_a_body_is_out():
+        wait_for(lambda: len(server.messages) >= 2)
+        os.kill(helper._shared.process.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_a_body_is_out)
+    killer.start()
+    with pytest.raises(HelperProcessError, match="stopped in the middle of a batch"):
+        delivery.deliver_due(limit=10)
+    killer.join()
+
+    rows = list(OutboundMessage.objects.all())
+    assert len(rows) == 6
+    assert not [r.pk for r in rows if r.status == Status.SENDING]  # none left waiting a lease
+    by_status = {r.pk: r.status for r in rows}
+    unknown = DeliveryAttempt.objects.filter(outcome="unknown")
+    # A body on the wire when the helper died, or marked ahead of it: possibly delivered.
+    assert unknown.exists() and all(a.possible_duplicate for a in unknown)
+    for attempt in unknown:
+        assert by_status[attempt.message_id] == Status.RETRYING
+    # Everything the server has was either stored as sent, or is flagged as possibly sent.
+    accepted = {a.message_id for a in DeliveryAttempt.objects.filter(outcome="accepted")}
+    assert len(server.messages) <= len(accepted) + unknown.count()
+
+    # The next batch starts a new helper and finishes the job.
+    delivery.deliver_due(limit=10)
+    assert OutboundMessage.objects.filter(status=Status.SENT).count() == 6
+
+
+def test_the_helper_exits_when_its_worker_is_killed():
+    code = (
+        "from django_reliable_mail.smtp.helper import SMTPHelper\n"
+        "import time\n"
+        "h = SMTPHelper()\n"
+        "print(h.process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    pid = int(worker.stdout.readline())
+    assert not gone(pid)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    wait_for(lambda: gone(pid), timeout=5)
