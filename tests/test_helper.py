@@ -19,11 +19,17 @@ from django_reliable_mail.smtp import helper
 from django_reliable_mail.smtp.helper import HelperProcessError
 
 from .test_backend import message, provider_for
-from .test_queue import queue_async, queue_config
+from .test_queue import queue_async, queue_config, queue_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = OutboundMessage.Status
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _sync_queue_afterwards():
+    yield
+    queue_sync()
 
 
 def helper_config(server, smtp_process="always", **provider):
