@@ -59,6 +59,8 @@ DEFAULT_FROM_EMAIL = "shop@example.com"
 RELIABLE_MAIL = {
     "DEFAULT_PROVIDER": "sink",
     "MODE": os.environ.get("BENCH_MODE", "queue"),
+    # BENCH_SMTP_PROCESS=never keeps the SMTP side in the worker's process (for A/B runs).
+    "SMTP_PROCESS": os.environ.get("BENCH_SMTP_PROCESS", "auto"),
     "PROVIDERS": {
         "sink": {
             "HOST": "127.0.0.1",

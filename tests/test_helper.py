@@ -88,6 +88,34 @@ def test_a_stream_sent_by_the_helper_stores_every_attempt_and_transcript(
     assert all(a.auth_mechanism and a.tls_version for a in attempts)
 
 
+def test_the_helper_hands_results_over_as_the_last_chunk_is_stored(
+    smtp_server, settings, monkeypatch
+):
+    """The worker's process does nothing but the database work: instead of waiting for a
+    full chunk it stores what has arrived each time it is free, up to a chunk at a time."""
+    from django_reliable_mail.delivery import sending
+
+    server = smtp_server(extensions=["PIPELINING"])
+    settings.RELIABLE_MAIL = helper_config(server, MAX_CONNECTIONS=2)
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(130)])
+    monkeypatch.setattr(sending, "RECORD_CHUNK", 40)
+    monkeypatch.setattr(sending, "RECORD_WITHIN_SECONDS", 60)  # never a timed flush
+    sizes = []
+    record = sending.record_batch
+
+    def counting(items, **kwargs):
+        sizes.append(len(items))
+        time.sleep(0.02)  # a transaction's worth of time, while results keep arriving
+        return record(items, **kwargs)
+
+    monkeypatch.setattr(sending, "record_batch", counting)
+    assert delivery.deliver_due(limit=200).sent == 130
+    assert sum(sizes) == 130 and max(sizes) <= 40
+    assert len(sizes) > 4  # not only full chunks: stored while the rest was still sent
+    assert OutboundMessage.objects.filter(status=Status.SENT).count() == 130
+
+
 def test_without_a_stream_the_batch_stays_in_this_process(smtp_server, settings, monkeypatch):
     monkeypatch.setattr(helper, "_shared", None)
     server = smtp_server()

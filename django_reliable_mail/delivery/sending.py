@@ -160,6 +160,7 @@ def _deliver_group(
     )
     batch = [(m.pk, envelope_for(m)) for m in messages]
     if _in_helper_process(config, server, streaming=refill_limit > 0):
+        plan = replace(plan, record_eagerly=True)
         try:
             connections, untouched_keys = shared_helper().run(server, batch, plan, database)
         except HelperProcessError:

@@ -146,7 +146,7 @@ class SMTPHelper:
         self, server: ServerSettings, messages: list[tuple[int, Envelope]], plan: StreamPlan, store
     ) -> tuple[int, list[int]]:
         self._send(("batch", server, messages, plan))
-        first_error: Exception | None = None
+        errors: list[Exception] = []
         while True:
             frame = self._frames.get()[2]
             if frame is None:
@@ -157,19 +157,15 @@ class SMTPHelper:
                 )
             kind = frame[0]
             if kind == "call":
-                _, call_id, name, args = frame
-                try:
-                    value, error = getattr(store, name)(*args), None
-                except Exception as exc:
-                    first_error = first_error or exc
-                    value, error = None, f"{type(exc).__name__}: {exc}"
-                self._send(("reply", call_id, value, error))
+                self._send(_answer(store, frame, errors))
             elif kind == "done":
                 self._batch_open = False
                 return frame[1], frame[2]
             else:  # the batch failed, and ended: the helper is ready for the next one
                 self._batch_open = False
-                raise first_error or HelperProcessError(f"the SMTP helper failed: {frame[1]}")
+                if errors:
+                    raise errors[0]
+                raise HelperProcessError(f"the SMTP helper failed: {frame[1]}")
 
     def kill(self) -> None:
         self._broken = True
@@ -199,6 +195,16 @@ class SMTPHelper:
             self.process.kill()
             self.process.wait()
         self._close_pipes()
+
+
+def _answer(store: Any, frame: tuple[Any, ...], errors: list[Exception]) -> tuple[Any, ...]:
+    """Run one store call; the reply frame for it."""
+    _, call_id, name, args = frame
+    try:
+        return ("reply", call_id, getattr(store, name)(*args), None)
+    except Exception as exc:
+        errors.append(exc)  # the first one is raised here once the batch has ended
+        return ("reply", call_id, None, f"{type(exc).__name__}: {exc}")
 
 
 _shared: SMTPHelper | None = None

@@ -90,6 +90,10 @@ class StreamPlan:
     lease_renew_seconds: float = 100.0
     record_chunk: int = RECORD_CHUNK
     record_within_seconds: float = RECORD_WITHIN_SECONDS
+    #: Store whatever is ready as soon as the last chunk is stored (up to ``record_chunk``)
+    #: instead of waiting for a full chunk: for a store in a process of its own, which is
+    #: idle otherwise.
+    record_eagerly: bool = False
 
 
 class BodyMarker:
@@ -222,7 +226,7 @@ async def run_stream(
 
     def on_result(job: Job, result: AttemptResult) -> None:
         ready.append((job.key, result))
-        if len(ready) >= plan.record_chunk:
+        if plan.record_eagerly or len(ready) >= plan.record_chunk:
             wake.set()
 
     async def recorder() -> None:
@@ -230,7 +234,7 @@ async def run_stream(
             while True:
                 try:
                     await asyncio.wait_for(wake.wait(), plan.record_within_seconds)
-                    flush = sending_done
+                    flush = sending_done or plan.record_eagerly
                 except TimeoutError:
                     flush = True  # a slow batch: store what is ready (each message's status)
                 wake.clear()
