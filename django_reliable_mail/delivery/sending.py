@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -15,7 +17,7 @@ from ..bridge import SyncBridge
 from ..conf import Config, ProviderConfig, RateLimit, config_for_mailer, get_config
 from ..models import DeliveryAttempt, OutboundMessage
 from ..smtp.classify import Outcome
-from ..smtp.helper import HelperProcessError, shared_helper
+from ..smtp.helper import HelperProcessError, SMTPHelper, shared_helper
 from ..smtp.stream import (
     BODY_MARK_WINDOW,
     RECORD_CHUNK,
@@ -31,6 +33,8 @@ from .claiming import claim, fail_over, recipient_rows, release
 from .recording import record_batch
 from .recovery import recover_expired_leases
 from .states import DISABLE_ONCE, OPEN_STATES, Status
+
+logger = logging.getLogger(__name__)
 
 
 def envelope_for(message: OutboundMessage) -> Envelope:
@@ -99,6 +103,9 @@ def deliver_due(
     given = config
     config = config or get_config()
     summary = RunSummary()
+    if keep_going_seconds > 0 and _helper_wanted(config, streaming=True):
+        with suppress(OSError):
+            shared_helper()  # a new helper starts up meanwhile (a tenth of a second)
     messages = claim(config=config, provider=provider, ids=ids, limit=limit)
     summary.claimed = len(messages)
     groups: dict[GroupKey, list[OutboundMessage]] = {}
@@ -159,13 +166,17 @@ def _deliver_group(
         record_within_seconds=RECORD_WITHIN_SECONDS,
     )
     batch = [(m.pk, envelope_for(m)) for m in messages]
-    if _in_helper_process(config, server, streaming=refill_limit > 0):
+    helper = _helper_for(config, server, streaming=refill_limit > 0)
+    if helper is not None:
         plan = replace(plan, record_eagerly=True)
         try:
-            connections, untouched_keys = shared_helper().run(server, batch, plan, database)
-        except HelperProcessError:
-            _return_after_crash(in_flight.values(), config=config)
-            raise
+            connections, untouched_keys = helper.run(server, batch, plan, database)
+        except HelperProcessError as exc:
+            # Nothing is lost: what the helper sent is stored or flagged, the rest is due
+            # again, and the next batch starts a new helper.
+            database.summary.recovered += _return_after_crash(in_flight.values(), config=config)
+            logger.error("provider %s: %s; its messages were returned to the queue", name, exc)
+            return database.summary
     else:
         connections, untouched_keys = _run_beside(server, batch, plan, database)
     summary = database.summary
@@ -267,10 +278,20 @@ def _run_beside(
     return outcome.connections, [job.key for job in outcome.untouched]
 
 
-def _in_helper_process(config: Config, server: ServerSettings, *, streaming: bool) -> bool:
-    """Whether this batch's SMTP side runs in the worker's helper process (a second core)."""
+def _helper_for(config: Config, server: ServerSettings, *, streaming: bool) -> SMTPHelper | None:
+    """The helper process for this batch's SMTP side (a second core), if it gets one."""
     if server.oauth2_token is not None:
-        return False  # the project's token callable runs in the project's own process
+        return None  # the project's token callable runs in the project's own process
+    if not _helper_wanted(config, streaming=streaming):
+        return None
+    try:
+        return shared_helper()
+    except OSError as exc:  # no Python to start it with (an embedding server's executable)
+        logger.warning("no SMTP helper process (%s): sending from this process", exc)
+        return None
+
+
+def _helper_wanted(config: Config, *, streaming: bool) -> bool:
     if config.smtp_process == "always":
         return True
     return config.smtp_process == "auto" and streaming and _cores() > 1
@@ -283,7 +304,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _return_after_crash(messages: Iterable[OutboundMessage], *, config: Config) -> None:
+def _return_after_crash(messages: Iterable[OutboundMessage], *, config: Config) -> int:
     """The helper died mid-batch: return its messages now, as lease recovery would after
     a crash (a marked body may have gone out: ``unknown``, flagged as a possible duplicate)."""
     tokens = {m.claim_token for m in messages}
@@ -291,7 +312,7 @@ def _return_after_crash(messages: Iterable[OutboundMessage], *, config: Config) 
         OutboundMessage.objects.filter(claim_token__in=tokens, status=Status.SENDING).update(
             lease_expires_at=timezone.now() - timedelta(seconds=1)
         )
-        recover_expired_leases(config=config)
+    return recover_expired_leases(config=config) if tokens else 0
 
 
 def _count(summary: RunSummary, status: str) -> None:
