@@ -187,6 +187,29 @@ def test_without_a_python_to_start_the_helper_the_batch_is_sent_from_here(
     assert "no SMTP helper process" in caplog.text and helper._shared is None
 
 
+def test_a_batch_that_finds_the_helper_busy_sends_from_its_own_thread(
+    smtp_server, settings, monkeypatch
+):
+    """One helper serves one batch at a time: another thread's batch meanwhile (a threaded
+    process with SMTP_PROCESS "always") sends beside its own thread instead."""
+    from django_reliable_mail.delivery import sending
+
+    server = smtp_server()
+    settings.RELIABLE_MAIL = helper_config(server)
+    queue_async(settings)
+    EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(3)])
+    beside = []
+    run_beside = sending._run_beside
+    monkeypatch.setattr(sending, "_run_beside", lambda *args: beside.append(1) or run_beside(*args))
+    busy = helper.shared_helper()
+    with busy.lock:  # another thread's batch
+        assert delivery.deliver_due(limit=10).sent == 3
+    assert beside == [1] and busy.alive
+    EmailBackend().send_messages([message()])
+    assert delivery.deliver_due(limit=10).sent == 1
+    assert beside == [1]  # free again: through the helper
+
+
 def test_the_helper_exits_when_its_worker_is_killed():
     code = (
         "from django_reliable_mail.smtp.helper import SMTPHelper\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Iterable
-from contextlib import suppress
+from collections.abc import Awaitable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -166,19 +166,19 @@ def _deliver_group(
         record_within_seconds=RECORD_WITHIN_SECONDS,
     )
     batch = [(m.pk, envelope_for(m)) for m in messages]
-    helper = _helper_for(config, server, streaming=refill_limit > 0)
-    if helper is not None:
-        plan = replace(plan, record_eagerly=True)
-        try:
-            connections, untouched_keys = helper.run(server, batch, plan, database)
-        except HelperProcessError as exc:
-            # Nothing is lost: what the helper sent is stored or flagged, the rest is due
-            # again, and the next batch starts a new helper.
-            database.summary.recovered += _return_after_crash(in_flight.values(), config=config)
-            logger.error("provider %s: %s; its messages were returned to the queue", name, exc)
-            return database.summary
-    else:
-        connections, untouched_keys = _run_beside(server, batch, plan, database)
+    with _helper_for(config, server, streaming=refill_limit > 0) as helper:
+        if helper is None:
+            connections, untouched_keys = _run_beside(server, batch, plan, database)
+        else:
+            plan = replace(plan, record_eagerly=True)
+            try:
+                connections, untouched_keys = helper.run(server, batch, plan, database)
+            except HelperProcessError as exc:
+                # Nothing is lost: what the helper sent is stored or flagged, the rest is
+                # due again, and the next batch starts a new helper.
+                database.summary.recovered += _return_after_crash(in_flight.values(), config=config)
+                logger.error("provider %s: %s; its messages were returned to the queue", name, exc)
+                return database.summary
     summary = database.summary
     summary.connections = connections
     provider_failure = database.failure
@@ -278,17 +278,27 @@ def _run_beside(
     return outcome.connections, [job.key for job in outcome.untouched]
 
 
-def _helper_for(config: Config, server: ServerSettings, *, streaming: bool) -> SMTPHelper | None:
+@contextmanager
+def _helper_for(
+    config: Config, server: ServerSettings, *, streaming: bool
+) -> Iterator[SMTPHelper | None]:
     """The helper process for this batch's SMTP side (a second core), if it gets one."""
-    if server.oauth2_token is not None:
-        return None  # the project's token callable runs in the project's own process
-    if not _helper_wanted(config, streaming=streaming):
-        return None
+    if server.oauth2_token is not None or not _helper_wanted(config, streaming=streaming):
+        yield None  # (a token callable of the project's runs in the project's process)
+        return
     try:
-        return shared_helper()
+        helper = shared_helper()
     except OSError as exc:  # no Python to start it with (an embedding server's executable)
         logger.warning("no SMTP helper process (%s): sending from this process", exc)
-        return None
+        yield None
+        return
+    if not helper.lock.acquire(blocking=False):
+        yield None  # another thread of this process is sending through it
+        return
+    try:
+        yield helper
+    finally:
+        helper.lock.release()
 
 
 def _helper_wanted(config: Config, *, streaming: bool) -> bool:

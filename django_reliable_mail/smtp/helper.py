@@ -90,7 +90,8 @@ class SMTPHelper:
             bufsize=0,
             env=env,
         )
-        self.lock = threading.Lock()  # one batch at a time
+        #: Held by the thread whose batch it is sending: one batch at a time.
+        self.lock = threading.Lock()
         self._frames: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._arrivals = itertools.count()
         self._broken = False
