@@ -75,7 +75,7 @@ def test_a_stream_sent_by_the_helper_stores_every_attempt_and_transcript(
     summary = delivery.deliver_due(limit=10, keep_going_seconds=5)
 
     assert helper._shared is not None and helper._shared.alive
-    assert helper._shared.process.pid != os.getpid()
+    assert helper._shared.wait_ready(timeout=0) and helper._shared.process.pid != os.getpid()
     assert (summary.claimed, summary.attempts, summary.sent) == (30, 30, 30)
     assert OutboundMessage.objects.filter(status=Status.SENT).count() == 30
     assert len(server.messages) == 30

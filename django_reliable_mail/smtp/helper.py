@@ -8,7 +8,8 @@ worker's process keeps only the database work, which it serves on request: two c
 The two talk over the child's stdin and stdout, in frames (a 4-byte length, then a pickle):
 
 - worker → helper: ``("batch", server, messages, plan)``; ``("reply", id, value, error)``;
-- helper → worker: ``("call", id, name, args)`` for a :class:`~.stream.Store` method;
+- helper → worker: ``("ready",)`` once it has started; ``("call", id, name, args)`` for a
+  :class:`~.stream.Store` method;
   ``("done", connections, untouched_keys)`` or ``("failed", error)`` at the end of a batch.
 
 Crash safety is unchanged: a body leaves only after the worker has committed its mark, and
@@ -96,6 +97,7 @@ class SMTPHelper:
         self._arrivals = itertools.count()
         self._broken = False
         self._batch_open = False
+        self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, name="reliable-mail-helper", daemon=True)
         self._reader.start()
 
@@ -109,12 +111,19 @@ class SMTPHelper:
         assert self.process.stdout is not None
         try:
             while (frame := _read_frame(self.process.stdout)) is not None:
+                if frame[0] == "ready":
+                    self._ready.set()
+                    continue
                 urgent = frame[0] == "call" and frame[2] in URGENT_CALLS
                 self._frames.put((_URGENT if urgent else _NORMAL, next(self._arrivals), frame))
         except Exception:  # a torn frame: the helper died mid-write
             pass
         finally:
             self._frames.put((_LAST, next(self._arrivals), None))
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until the helper has started up (a batch need not: it is read once it has)."""
+        return self._ready.wait(timeout)
 
     def _send(self, value: Any) -> None:
         assert self.process.stdin is not None
@@ -261,6 +270,8 @@ async def _serve(channel: int) -> None:
         data = memoryview(_frame(value))
         while data:  # blocking: the worker reads all the time, in a thread of its own
             data = data[os.write(channel, data) :]
+
+    send(("ready",))
 
     async def call(name: str, args: tuple[Any, ...]) -> Any:
         call_id = next(call_ids)
