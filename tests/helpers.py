@@ -1,3 +1,6 @@
+import time
+from pathlib import Path
+
 from django_reliable_mail.smtp import Envelope, ServerSettings
 
 PASSWORD = "pw-Zq8#secret"
@@ -39,3 +42,40 @@ def forbidden_strings(username: str, password: str, token: str) -> list[str]:
         token,
         b64(f"user={username}\x01auth=Bearer {token}\x01\x01"),
     ]
+
+
+def wait_for(predicate, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def gone(pid):
+    """The process has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def slow_recording(monkeypatch, *, chunk):
+    """Store ``chunk`` attempts per transaction at most, each transaction taking a while
+    (results keep arriving meanwhile); returns the list of the sizes stored."""
+    from django_reliable_mail.delivery import sending
+
+    monkeypatch.setattr(sending, "RECORD_CHUNK", chunk)
+    monkeypatch.setattr(sending, "RECORD_WITHIN_SECONDS", 60)  # never a timed flush
+    sizes = []
+    record = sending.record_batch
+
+    def counting(items, **kwargs):
+        sizes.append(len(items))
+        time.sleep(0.02)  # a transaction's worth of time
+        return record(items, **kwargs)
+
+    monkeypatch.setattr(sending, "record_batch", counting)
+    return sizes

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from django_reliable_mail.delivery.sending import _cores
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage
 from django_reliable_mail.smtp import helper
 
+from .helpers import gone, slow_recording, wait_for
 from .test_backend import message, provider_for
 from .test_queue import queue_async, queue_config, queue_sync
 
@@ -36,24 +36,6 @@ def helper_config(server, smtp_process="always", **provider):
         **queue_config(main=provider_for(server, **provider)),
         "SMTP_PROCESS": smtp_process,
     }
-
-
-def gone(pid):
-    """The process has exited (a zombie nobody reaped counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] == "Z"
-
-
-def wait_for(predicate, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.mark.skipif(_cores() < 2, reason="the helper process is for a second core")
@@ -92,23 +74,11 @@ def test_the_helper_hands_results_over_as_the_last_chunk_is_stored(
 ):
     """The worker's process does nothing but the database work: instead of waiting for a
     full chunk it stores what has arrived each time it is free, up to a chunk at a time."""
-    from django_reliable_mail.delivery import sending
-
     server = smtp_server(extensions=["PIPELINING"])
     settings.RELIABLE_MAIL = helper_config(server, MAX_CONNECTIONS=2)
     queue_async(settings)
     EmailBackend().send_messages([message(subject=f"m{i}") for i in range(130)])
-    monkeypatch.setattr(sending, "RECORD_CHUNK", 40)
-    monkeypatch.setattr(sending, "RECORD_WITHIN_SECONDS", 60)  # never a timed flush
-    sizes = []
-    record = sending.record_batch
-
-    def counting(items, **kwargs):
-        sizes.append(len(items))
-        time.sleep(0.02)  # a transaction's worth of time, while results keep arriving
-        return record(items, **kwargs)
-
-    monkeypatch.setattr(sending, "record_batch", counting)
+    sizes = slow_recording(monkeypatch, chunk=40)
     assert delivery.deliver_due(limit=200).sent == 130
     assert sum(sizes) == 130 and max(sizes) <= 40
     assert len(sizes) > 4  # not only full chunks: stored while the rest was still sent

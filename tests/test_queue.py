@@ -21,7 +21,7 @@ from django_reliable_mail.models import (
     ProviderState,
 )
 
-from .helpers import PASSWORD
+from .helpers import PASSWORD, slow_recording
 from .test_backend import message, provider_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -578,7 +578,6 @@ def test_messages_named_by_id_are_claimed_a_bounded_number_at_a_time(
 def test_a_slow_batch_stores_each_result_without_waiting_for_a_full_chunk(
     smtp_server, settings, monkeypatch
 ):
-    import time
 
     from django_reliable_mail import signals
     from django_reliable_mail.delivery import sending
@@ -606,8 +605,6 @@ def test_a_fast_batch_is_stored_in_full_chunks(smtp_server, settings, monkeypatc
     """Results that arrive while a chunk is being stored wait for the next full chunk
     instead of going into a transaction of their own, a few at a time (the database side
     shares this process with the SMTP side, so its time is not free)."""
-    from django_reliable_mail.delivery import sending
-
     server = smtp_server(extensions=["PIPELINING"])
     settings.RELIABLE_MAIL = {
         **queue_config(main=provider_for(server, MAX_CONNECTIONS=2)),
@@ -615,17 +612,7 @@ def test_a_fast_batch_is_stored_in_full_chunks(smtp_server, settings, monkeypatc
     }
     queue_async(settings)
     EmailBackend().send_messages([message(subject=f"m{i}") for i in range(130)])
-    monkeypatch.setattr(sending, "RECORD_CHUNK", 40)
-    monkeypatch.setattr(sending, "RECORD_WITHIN_SECONDS", 60)  # only full chunks, then the rest
-    sizes = []
-    record = sending.record_batch
-
-    def counting(items, **kwargs):
-        sizes.append(len(items))
-        time.sleep(0.02)  # a transaction's worth of time, while results keep arriving
-        return record(items, **kwargs)
-
-    monkeypatch.setattr(sending, "record_batch", counting)
+    sizes = slow_recording(monkeypatch, chunk=40)
     assert delivery.deliver_due(limit=200).sent == 130
     assert sizes == [40, 40, 40, 10]
 

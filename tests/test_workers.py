@@ -20,8 +20,8 @@ from django.db import connection
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage
 
+from .helpers import gone, wait_for
 from .test_backend import message, provider_for
-from .test_helper import gone
 from .test_queue import queue_async
 
 pytestmark = [
@@ -187,15 +187,6 @@ class BlackHole:
         for conn in self.held:
             conn.close()
         self.sock.close()
-
-
-def wait_for(predicate, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def helpers_of(pid):
