@@ -6,7 +6,8 @@ claiming and recording are short transactions around the network work.
 
 - ``outbox``: validate and store messages in the caller's transaction;
 - ``claiming``: take due messages with a lease, give them back untried;
-- ``sending``: run the transport over claimed messages, streaming batches;
+- ``sending``: run the transport over claimed messages, streaming batches (the SMTP side
+  in the worker's helper process where it has one);
 - ``recording``: store attempts and move each message on;
 - ``recovery``: return messages whose worker vanished;
 - ``rows``: the prepared INSERT and UPDATE statements of the hot paths.

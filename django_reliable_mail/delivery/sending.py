@@ -1,4 +1,10 @@
-"""Run the transport over claimed messages while their attempts are recorded."""
+"""Run the transport over claimed messages while their attempts are recorded.
+
+The batch itself (connections, body-start marks, chunked recording, refills) is
+``smtp.stream.run_stream``; this module gives it its database side (:class:`_BatchDatabase`)
+and runs it either in the worker's SMTP helper process (``smtp.helper``: two cores) or in a
+thread beside the calling one (``bridge.SyncBridge``).
+"""
 
 from __future__ import annotations
 
