@@ -38,7 +38,12 @@ def fill(messages: int) -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, RecipientStatus
+    from django_reliable_mail.models import (
+        DeliveryAttempt,
+        MessageBody,
+        OutboundMessage,
+        RecipientStatus,
+    )
 
     now = timezone.now()
     statuses = ["sent"] * 80 + ["failed"] * 10 + ["retrying"] * 8 + ["queued"] * 2
@@ -54,13 +59,15 @@ def fill(messages: int) -> None:
                     recipients=[f"user{i}@example.com"],
                     subject=f"Order {i} confirmation",
                     message_id=f"<{i}@shop.example.com>",
-                    mime=b"Subject: x\r\n\r\nbody\r\n",
                     size=22,
                     attempt_count=3,
                     last_error="451 4.7.1 Greylisted" if i % 10 else "",
                     created_at=now - timedelta(minutes=i),
                 )
                 for i in range(start, min(start + batch, messages))
+            )
+            MessageBody.objects.bulk_create(
+                MessageBody(message=row, mime=b"Subject: x\r\n\r\nbody\r\n") for row in rows
             )
             RecipientStatus.objects.bulk_create(
                 RecipientStatus(message=row, address=row.recipients[0], state="accepted")

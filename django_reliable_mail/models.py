@@ -26,8 +26,7 @@ class OutboundMessage(models.Model):
     recipients = models.JSONField("envelope recipients", default=list)
     subject = models.CharField(max_length=998, blank=True)
     message_id = models.CharField("Message-ID", max_length=998, blank=True, db_index=True)
-    #: The exact bytes handed to DATA, so a retry sends what the first attempt sent.
-    mime = models.BinaryField("MIME bytes", editable=False)
+    #: Of the MIME bytes (kept in :class:`MessageBody`); 0 once the body is purged.
     size = models.PositiveIntegerField(default=0)
 
     priority = models.SmallIntegerField(default=0)
@@ -73,6 +72,38 @@ class OutboundMessage(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.subject[:60]!r} → {', '.join(self.recipients[:3])}"
+
+    @property
+    def mime(self) -> bytes:
+        """The exact bytes handed to DATA (empty once purged with ``--bodies-only``): read
+        from :class:`MessageBody` once per instance, unless the claim loaded them already."""
+        try:
+            return self._mime
+        except AttributeError:
+            pass
+        data = MessageBody.objects.filter(message_id=self.pk).values_list("mime", flat=True)
+        found = data.first() if self.pk is not None else None
+        self._mime = b"" if found is None else bytes(found)
+        return self._mime
+
+
+class MessageBody(models.Model):
+    """A message's MIME bytes, so a retry sends what the first attempt sent.
+
+    Apart from the message row because that row is rewritten at every step of a send (the
+    claim, the body mark, the outcome): with the body in it, each step would copy kilobytes.
+    """
+
+    message = models.OneToOneField(
+        OutboundMessage, primary_key=True, on_delete=models.CASCADE, related_name="body"
+    )
+    mime = models.BinaryField("MIME bytes", editable=False)
+
+    class Meta:
+        verbose_name_plural = "message bodies"
+
+    def __str__(self) -> str:
+        return f"body of #{self.message_id} ({len(self.mime)} bytes)"
 
 
 class DeliveryAttempt(models.Model):

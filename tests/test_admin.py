@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from django_reliable_mail.models import (
     DeliveryAttempt,
+    MessageBody,
     MessageEvent,
     OutboundMessage,
     RecipientStatus,
@@ -39,11 +40,11 @@ def make_message(status="failed", subject="<b>Bold</b> offer", **kwargs):
         from_email="a@example.com",
         recipients=["b@example.com"],
         subject=subject,
-        mime=b"Subject: x\r\n\r\nsecret body\r\n",
         size=30,
         attempt_count=1,
         **kwargs,
     )
+    MessageBody.objects.create(message=message, mime=b"Subject: x\r\n\r\nsecret body\r\n")
     RecipientStatus.objects.create(
         message=message,
         address="b@example.com",

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .. import throttle
 from ..conf import Config
-from ..models import MessageEvent, OutboundMessage, RecipientStatus
+from ..models import MessageBody, MessageEvent, OutboundMessage, RecipientStatus
 from ..transactions import writing
 from . import rows
 from .states import Status
@@ -73,6 +73,7 @@ def claim(
     else:
         claimed = _claim_by_queryset(wanted, paused)
     _load_recipients(connection, claimed)
+    _load_bodies(connection, claimed)
     return claimed
 
 
@@ -190,6 +191,29 @@ def _load_recipients(connection: Any, claimed: list[OutboundMessage]) -> None:
             by_message[status.message_id].append(status)
     for message in claimed:
         message.recipient_rows = by_message[message.pk]
+
+
+def _load_bodies(connection: Any, claimed: list[OutboundMessage]) -> None:
+    """All the claimed messages' bodies in one query (what :attr:`OutboundMessage.mime`
+    would otherwise read one by one)."""
+    by_pk = {m.pk: m for m in claimed}
+    if not by_pk:
+        return
+    meta = MessageBody._meta
+    quote = connection.ops.quote_name
+    key, mime = meta.get_field("message"), meta.get_field("mime")
+    marks = ", ".join(["%s"] * len(by_pk))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {quote(key.column)}, {quote(mime.column)} FROM {quote(meta.db_table)} "
+            f"WHERE {quote(key.column)} IN ({marks})",
+            list(by_pk),
+        )
+        for pk, data in cursor.fetchall():
+            by_pk[pk]._mime = bytes(data)
+    for message in claimed:
+        if not hasattr(message, "_mime"):
+            message._mime = b""  # purged with --bodies-only
 
 
 def recipient_rows(message: OutboundMessage) -> list[RecipientStatus]:

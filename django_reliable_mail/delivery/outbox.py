@@ -15,7 +15,7 @@ from django.utils import timezone
 from .. import signals
 from ..conf import Config
 from ..exceptions import InvalidMessageError
-from ..models import OutboundMessage, RecipientStatus
+from ..models import MessageBody, OutboundMessage, RecipientStatus
 from ..options import DeliveryOptions, options_of
 from ..serialize import SerializedMessage, serialize
 from ..transactions import writing
@@ -112,10 +112,11 @@ def enqueues_in_one_statement(prepared: Sequence[_Prepared]) -> bool:
 def enqueue_in_one_statement(
     prepared: _Prepared, *, mailer: str | None, wake_check: tuple[str, list[Any], str] | None
 ) -> tuple[OutboundMessage, bool]:
-    """PostgreSQL: the message, its recipient rows and the wake-up check in one statement.
+    """PostgreSQL: the message, its body, its recipient rows and the wake-up check in one
+    statement.
 
-    Each statement is a network round trip; ``send_mail()`` would otherwise take five
-    (BEGIN, two INSERTs, the wake-up check, COMMIT). Outside a transaction the statement
+    Each statement is a network round trip; ``send_mail()`` would otherwise take six
+    (BEGIN, three INSERTs, the wake-up check, COMMIT). Outside a transaction the statement
     commits by itself. ``wake_check`` is :func:`tasks.pending_wake_check`'s query; returns
     the stored row and whether that wake-up is still waiting (and now locked until commit).
     """
@@ -124,11 +125,12 @@ def enqueue_in_one_statement(
     message_params = rows.insert_params(OutboundMessage, values, connection)
     check_sql, check_params, payload = wake_check or (None, [], None)
     sql, defaults = _one_statement(connection.alias, check_sql)
-    params = [*message_params, *defaults, list(values["recipients"]), *check_params]
+    data = prepared.serialized.data
+    params = [*message_params, *defaults, list(values["recipients"]), data, *check_params]
     with rows.cursor(connection) as cursor:
         cursor.execute(sql, params)
         pk, found = cursor.fetchone()
-    row = rows.stored(OutboundMessage, pk, values, connection.alias)
+    row = _stored(pk, values, prepared, connection.alias)
     signals.message_queued.send(sender=OutboundMessage, message=row)
     return row, payload is not None and found == payload
 
@@ -140,6 +142,7 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
     connection = connections[alias]
     quote = connection.ops.quote_name
     meta = RecipientStatus._meta
+    body = MessageBody._meta
     template = rows.new_values(RecipientStatus, message_id=0, address="")
     names, values, defaults = [], [], []
     for field in meta.concrete_fields:
@@ -159,7 +162,10 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
         f"RETURNING {quote(OutboundMessage._meta.pk.column)} AS id), "
         f"r AS (INSERT INTO {quote(meta.db_table)} ({', '.join(names)}) "
         f"SELECT {', '.join(values)} FROM m, unnest(%s::text[]) WITH ORDINALITY AS a(address, n) "
-        f"ORDER BY a.n)"
+        f"ORDER BY a.n), "
+        f"b AS (INSERT INTO {quote(MessageBody._meta.db_table)} "
+        f"({quote(body.get_field('message').column)}, {quote(body.get_field('mime').column)}) "
+        f"SELECT m.id, %s::{body.get_field('mime').db_type(connection)} FROM m)"
     )
     if check_sql is not None:
         sql += f", w AS ({check_sql}) SELECT m.id, (SELECT * FROM w) FROM m"
@@ -172,6 +178,13 @@ def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[Outbou
     values = _message_values(prepared, mailer=mailer)
     pks = rows.insert_values(OutboundMessage, values)
     rows.insert_values(
+        MessageBody,
+        [
+            {"message_id": pk, "mime": p.serialized.data}
+            for pk, p in zip(pks, prepared, strict=True)
+        ],
+    )
+    rows.insert_values(
         RecipientStatus,
         [
             rows.new_values(RecipientStatus, message_id=pk, address=address)
@@ -180,9 +193,14 @@ def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[Outbou
         ],
     )
     alias = router.db_for_write(OutboundMessage)
-    return [
-        rows.stored(OutboundMessage, pk, row, alias) for pk, row in zip(pks, values, strict=True)
-    ]
+    return [_stored(pk, row, p, alias) for pk, row, p in zip(pks, values, prepared, strict=True)]
+
+
+def _stored(pk: int, values: dict[str, Any], prepared: _Prepared, alias: str) -> OutboundMessage:
+    """The stored message as an instance that has its body (an immediate send needs it)."""
+    row = rows.stored(OutboundMessage, pk, values, alias)
+    row._mime = prepared.serialized.data
+    return row
 
 
 def _message_values(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[dict[str, Any]]:
@@ -199,7 +217,6 @@ def _message_values(prepared: Sequence[_Prepared], *, mailer: str | None) -> lis
             recipients=p.serialized.recipients,
             subject=p.serialized.subject,
             message_id=p.serialized.message_id,
-            mime=p.serialized.data,
             size=len(p.serialized.data),
             priority=p.options.priority,
             send_at=p.options.send_at,

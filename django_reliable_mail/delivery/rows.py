@@ -132,8 +132,8 @@ def _assignments(connection: Any, fields: list[models.Field]) -> str:
 @dataclass(frozen=True)
 class _InsertPlan:
     head: str  # INSERT INTO … (columns) VALUES
-    #: Every concrete field but the primary key, in the order positional model arguments
-    #: take them.
+    #: Every concrete field but a generated primary key, in the order positional model
+    #: arguments take them.
     fields: list[models.Field]
     #: How each column's values are bound, by kind, so that a row costs a few short loops
     #: rather than a call per column: columns bound as they are appear in none of these.
@@ -149,7 +149,8 @@ class _InsertPlan:
 def _insert_plan(model: type[models.Model], alias: str) -> _InsertPlan:
     """Only strings and fields are kept: the connection object is per thread."""
     quote = connections[alias].ops.quote_name
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    # A primary key the database generates is returned, not given (a one-to-one key is given).
+    fields = [f for f in model._meta.concrete_fields if not (f.primary_key and f.db_returning)]
     columns = ", ".join(quote(f.column) for f in fields)
     kinds: dict[str, list[Any]] = {"text": [], "json": [], "datetime": [], "other": []}
     for i, field in enumerate(fields):

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from ...conf import get_config
-from ...models import DeliveryAttempt, OutboundMessage
+from ...models import DeliveryAttempt, MessageBody, OutboundMessage
 from ...transactions import writing
 from ..progress import Progress
 
@@ -59,7 +59,8 @@ class Command(BaseCommand):
                 break
             with writing():
                 if options["bodies_only"]:
-                    OutboundMessage.objects.filter(pk__in=ids).update(mime=b"", size=0)
+                    MessageBody.objects.filter(message_id__in=ids).delete()
+                    OutboundMessage.objects.filter(pk__in=ids).update(size=0)
                     DeliveryAttempt.objects.filter(message_id__in=ids).update(transcript="")
                 else:
                     OutboundMessage.objects.filter(pk__in=ids).delete()
