@@ -1,5 +1,6 @@
 """Queue mode in one process: outbox, claiming, leases, provider health, batching, retries."""
 
+import logging
 import time
 from datetime import timedelta
 
@@ -665,3 +666,18 @@ def test_attempt_finished_gets_the_stored_attempt_with_its_message(
     assert same and attempt.pk == stored.pk and not attempt._state.adding
     fields = [f.attname for f in DeliveryAttempt._meta.concrete_fields]
     assert [getattr(attempt, f) for f in fields] == [getattr(stored, f) for f in fields]
+
+
+def test_batches_without_receivers_still_link_recipients_and_log(smtp_server, settings, caplog):
+    """With no signal receiver connected the worker builds no attempt instances: each
+    recipient still points at its own attempt, and every attempt is logged."""
+    server = smtp_server()
+    settings.RELIABLE_MAIL = queue_config(main=provider_for(server))
+    queue_async(settings)
+    EmailBackend().send_messages([message(subject=f"m{i}") for i in range(3)])
+    with caplog.at_level(logging.INFO, logger="django_reliable_mail.delivery.recording"):
+        assert delivery.deliver_due().sent == 3
+    for row in OutboundMessage.objects.all():
+        (attempt,) = row.attempts.all()
+        assert [s.attempt_id for s in row.recipient_statuses.all()] == [attempt.pk]
+        assert f"message {row.pk} attempt 1 via main: accepted (250 " in caplog.text

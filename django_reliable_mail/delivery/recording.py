@@ -66,11 +66,14 @@ def record_batch(
     provider: ProviderConfig,
     config: Config,
     now: datetime | None = None,
+    return_attempts: bool = True,
 ) -> list[DeliveryAttempt]:
     """Store a batch of attempts and move each message on: sent, retrying, held or failed.
 
     One transaction and a handful of statements for the whole batch (bulk insert of the
-    attempts, bulk updates of recipients and messages), not a commit per message.
+    attempts, bulk updates of recipients and messages), not a commit per message. With
+    ``return_attempts=False`` (the worker's batches) no attempt instances are built unless
+    a signal receiver wants them, and an empty list is returned.
     """
     now = now or timezone.now()
     ids = [message.pk for message, _ in items]
@@ -100,12 +103,17 @@ def record_batch(
             )
         pks = rows.insert_values(DeliveryAttempt, values)
         alias = router.db_for_write(DeliveryAttempt)
-        attempts = [
-            _stored_attempt(pk, row, message, alias)
-            for pk, row, (message, _) in zip(pks, values, items, strict=True)
-        ]
+        # Building instances costs more than inserting the rows: only for someone who uses them.
+        attempts = (
+            [
+                _stored_attempt(pk, row, message, alias)
+                for pk, row, (message, _) in zip(pks, values, items, strict=True)
+            ]
+            if return_attempts or _attempts_wanted()
+            else []
+        )
         changed_recipients, changed_messages = [], []
-        for (message, result), attempt in zip(items, attempts, strict=True):
+        for (message, result), attempt_pk in zip(items, pks, strict=True):
             statuses = {s.address: s for s in recipient_rows(message)}
             for address, outcome in result.recipients.items():
                 status = statuses.get(address)
@@ -115,7 +123,7 @@ def record_batch(
                 status.reply_code = outcome.code
                 status.reply_enhanced_code = outcome.enhanced_code
                 status.reply_text = outcome.text
-                status.attempt = attempt
+                status.attempt_id = attempt_pk
                 changed_recipients.append(status)
             if message.pk not in overtaken:
                 states = [s.state for s in statuses.values()]
@@ -123,14 +131,23 @@ def record_batch(
                 changed_messages.append(message)
         rows.update(RecipientStatus, changed_recipients, RECIPIENT_FIELDS)
         rows.update(OutboundMessage, changed_messages, MESSAGE_FIELDS)
-    for (message, _), attempt in zip(items, attempts, strict=True):
-        _log(message, attempt)
-        signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
+    for i, (message, _) in enumerate(items):
+        _log(message, values[i])
+        attempt = attempts[i] if attempts else None
+        if attempt is not None:
+            signals.attempt_finished.send(sender=OutboundMessage, message=message, attempt=attempt)
         if message.status == Status.SENT:
             signals.message_sent.send(sender=OutboundMessage, message=message)
-        elif message.status == Status.FAILED:
+        elif message.status == Status.FAILED and attempt is not None:
             signals.message_failed.send(sender=OutboundMessage, message=message, attempt=attempt)
     return attempts
+
+
+def _attempts_wanted() -> bool:
+    """Whether a receiver of a signal that carries the attempt is connected."""
+    return signals.attempt_finished.has_listeners(
+        OutboundMessage
+    ) or signals.message_failed.has_listeners(OutboundMessage)
 
 
 def _history(ids: list[int]) -> dict[int, tuple[int, int]]:
@@ -263,16 +280,18 @@ def _advance(
         message.next_attempt_at = now + timedelta(seconds=delay)
 
 
-def _log(message: OutboundMessage, attempt: DeliveryAttempt) -> None:
-    level = logging.INFO if attempt.outcome == Outcome.ACCEPTED else logging.WARNING
+def _log(message: OutboundMessage, attempt: dict[str, Any]) -> None:
+    """One line per attempt, from the attempt row's values."""
+    level = logging.INFO if attempt["outcome"] == Outcome.ACCEPTED else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    code, error = attempt["reply_code"], attempt["error"]
     logger.log(
         level,
         "message %s attempt %s via %s: %s%s",
         message.pk,
-        attempt.number,
-        attempt.provider,
-        attempt.outcome,
-        f" ({attempt.reply_code} {attempt.reply_text})"
-        if attempt.reply_code
-        else (f" ({attempt.error})" if attempt.error else ""),
+        attempt["number"],
+        attempt["provider"],
+        attempt["outcome"],
+        f" ({code} {attempt['reply_text']})" if code else (f" ({error})" if error else ""),
     )

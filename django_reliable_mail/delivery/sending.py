@@ -240,7 +240,7 @@ class _BatchDatabase:
 
     def record(self, chunk: list[tuple[int, AttemptResult]]) -> None:
         items = [(self.in_flight[pk], result) for pk, result in chunk]
-        record_batch(items, provider=self.provider, config=self.config)
+        record_batch(items, provider=self.provider, config=self.config, return_attempts=False)
         summary = self.summary
         for message, result in items:
             self.in_flight.pop(message.pk, None)
