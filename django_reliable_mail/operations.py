@@ -35,7 +35,8 @@ def retry(
 ) -> list[int]:
     """Make messages due now (optionally through another provider, or once without some
     extensions). Recipients that were not accepted get another chance; accepted ones are
-    never sent to again. Returns the ids that were requeued."""
+    never sent to again. A message whose body was purged (``--bodies-only``) has nothing
+    left to send and is skipped. Returns the ids that were requeued."""
     if provider is not None:
         get_config().provider(provider)
     disabled = sorted({e.upper() for e in disable_extensions})
@@ -57,9 +58,9 @@ def retry(
             if disabled:
                 options[DISABLE_ONCE] = disabled
                 changes["options"] = options
-            won = OutboundMessage.objects.filter(pk=message.pk, status__in=RETRYABLE).update(
-                **changes
-            )
+            won = OutboundMessage.objects.filter(
+                pk=message.pk, status__in=RETRYABLE, body__isnull=False
+            ).update(**changes)
             if not won:
                 continue
             message.recipient_statuses.exclude(state=RecipientStatus.State.ACCEPTED).update(

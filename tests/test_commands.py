@@ -10,7 +10,12 @@ from django.utils import timezone
 
 from django_reliable_mail import signals
 from django_reliable_mail.backends import EmailBackend
-from django_reliable_mail.models import DeliveryAttempt, MessageEvent, OutboundMessage
+from django_reliable_mail.models import (
+    DeliveryAttempt,
+    MessageBody,
+    MessageEvent,
+    OutboundMessage,
+)
 
 from .helpers import PASSWORD
 from .test_admin import make_message
@@ -74,6 +79,20 @@ def test_retry_by_id_skips_what_cannot_move(two_providers, django_capture_on_com
     with django_capture_on_commit_callbacks(execute=False):
         out = run("reliable_mail_retry", str(sent.pk))
     assert "0 message(s) queued" in out and "1 skipped" in out
+
+
+def test_retry_skips_a_message_whose_body_was_purged(
+    two_providers, django_capture_on_commit_callbacks
+):
+    """Nothing is left to send: retrying it would hand the server an empty message."""
+    slim, whole = make_message(), make_message()
+    MessageBody.objects.filter(message=slim).delete()
+    OutboundMessage.objects.filter(pk=slim.pk).update(size=0)
+    with django_capture_on_commit_callbacks(execute=False):
+        out = run("reliable_mail_retry", str(slim.pk), str(whole.pk))
+    assert "1 message(s) queued" in out and "1 skipped" in out
+    assert OutboundMessage.objects.get(pk=slim.pk).status == Status.FAILED
+    assert OutboundMessage.objects.get(pk=whole.pk).status == Status.RETRYING
 
 
 def test_retry_errors_name_the_value(two_providers):
