@@ -274,20 +274,42 @@ def _helper_peak_rss_mib() -> float:
 
 
 def run_enqueue_latency(count: int) -> dict:
-    from django.db import transaction
+    """One ``send_mail()`` in a transaction, as a request would do it; interleaved with the
+    same call through django-post_office and with the floor under both: a transaction that
+    inserts one tiny row and commits (the database's durable commit alone)."""
+    from django.db import connection, transaction
     from django.test import override_settings
     from django_q.conf import Conf
+    from post_office import mail
 
     Conf.SYNC = False
-    samples = []
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bench_commit_floor (n integer)")
+
+    def floor(i):
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO bench_commit_floor (n) VALUES (%s)", [i])
+
+    def post_office(i):
+        mail.send([f"customer{i}@example.com"], "shop@example.com", subject="x", message=BODY)
+
+    calls = {"rmail": _send_mail, "post_office": post_office, "floor": floor}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     with override_settings(EMAIL_BACKEND="django_reliable_mail.backends.EmailBackend"):
         for i in range(count):
-            start = time.perf_counter()
-            with transaction.atomic():  # as a request would do it
-                _send_mail(i)
-            samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return {"p50_ms": samples[len(samples) // 2], "p99_ms": samples[int(len(samples) * 0.99)]}
+            for name, call in calls.items():
+                start = time.perf_counter()
+                with transaction.atomic():
+                    call(i)
+                samples[name].append((time.perf_counter() - start) * 1000)
+    for values in samples.values():
+        values.sort()
+    result = {}
+    for name, values in samples.items():
+        prefix = "" if name == "rmail" else f"{name}_"
+        result[f"{prefix}p50_ms"] = values[len(values) // 2]
+        result[f"{prefix}p99_ms"] = values[int(len(values) * 0.99)]
+    return result
 
 
 # -- the orchestrating side -----------------------------------------------------------------
@@ -559,6 +581,8 @@ def main() -> None:
             latency = measure("enqueue_latency", 300, sink_port)
             extra[f"{engine}_enqueue_p50_ms"] = latency["p50_ms"]
             extra[f"{engine}_enqueue_p99_ms"] = latency["p99_ms"]
+            extra[f"{engine}_post_office_enqueue_p50_ms"] = latency["post_office_p50_ms"]
+            extra[f"{engine}_commit_floor_p50_ms"] = latency["floor_p50_ms"]
             if engine == "sqlite":
                 memory = measure("memory", drain, sink_port)
                 extra["drain_messages"] = drain
@@ -652,6 +676,9 @@ def main() -> None:
         "latency25_fraction_of_bound": slow_rate / bound if slow_engine else None,
         "enqueue_p50_ms": extra[f"{first}_enqueue_p50_ms"],
         "enqueue_p99_ms": extra[f"{first}_enqueue_p99_ms"],
+        # What bounds it: the same call through post_office, and a bare one-row commit.
+        "enqueue_p50_ms_post_office": extra[f"{first}_post_office_enqueue_p50_ms"],
+        "enqueue_p50_ms_commit_floor": extra[f"{first}_commit_floor_p50_ms"],
         "drain_messages": extra.get("drain_messages"),
         "drain_100k_peak_rss_mib": extra.get("drain_peak_rss_mib") if drain >= 100_000 else None,
         "drain_peak_rss_mib": extra.get("drain_peak_rss_mib"),
@@ -659,6 +686,7 @@ def main() -> None:
     }
     if "postgres" in engines:
         headline["enqueue_p50_ms_postgres"] = extra.get("postgres_enqueue_p50_ms")
+        headline["enqueue_p50_ms_postgres_commit_floor"] = extra.get("postgres_commit_floor_p50_ms")
     if "sqlite-wal" in engines:
         for name in ("send_vs_post_office", "e2e_vs_post_office", "send_vs_raw_aiosmtplib"):
             headline[f"sqlite_wal_{name}"] = statistics.median(ratios[f"sqlite-wal_{name}"])
