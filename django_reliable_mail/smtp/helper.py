@@ -160,14 +160,15 @@ class SMTPHelper:
         while True:
             frame = self._frames.get()[2]
             if frame is None:
-                self._broken = True
-                code = self.process.wait()
-                raise HelperProcessError(
-                    f"the SMTP helper process stopped in the middle of a batch (exit code {code})"
-                )
+                raise self._stopped()
             kind = frame[0]
             if kind == "call":
-                self._send(_answer(store, frame, errors))
+                reply = _answer(store, frame, errors)
+                try:
+                    self._send(reply)
+                except HelperProcessError as exc:
+                    # It died while this call ran: the same stop as a closed output.
+                    raise self._stopped() from exc
             elif kind == "done":
                 self._batch_open = False
                 return frame[1], frame[2]
@@ -176,6 +177,13 @@ class SMTPHelper:
                 if errors:
                     raise errors[0]
                 raise HelperProcessError(f"the SMTP helper failed: {frame[1]}")
+
+    def _stopped(self) -> HelperProcessError:
+        self._broken = True
+        code = self.process.wait()
+        return HelperProcessError(
+            f"the SMTP helper process stopped in the middle of a batch (exit code {code})"
+        )
 
     def kill(self) -> None:
         self._broken = True
