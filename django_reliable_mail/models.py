@@ -81,9 +81,9 @@ class OutboundMessage(models.Model):
             return self._mime
         except AttributeError:
             pass
-        data = MessageBody.objects.filter(message_id=self.pk).values_list("mime", flat=True)
-        found = data.first() if self.pk is not None else None
-        self._mime = b"" if found is None else bytes(found)
+        stored = MessageBody.objects.filter(message_id=self.pk).values_list("mime", flat=True)
+        found = stored[:1] if self.pk is not None else []
+        self._mime = bytes(found[0]) if found else b""
         return self._mime
 
 

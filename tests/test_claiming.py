@@ -93,3 +93,17 @@ def test_claims_only_the_given_ids_and_skips_paused_providers(strategy, two_prov
     assert [m.subject for m in taken] == ["b"]
     assert claiming.claim(config=two_providers, ids=[], limit=10) == []
     assert OutboundMessage.objects.get(pk=ids["c"]).status == Status.QUEUED
+
+
+def test_a_message_without_its_body_row_is_failed_not_sent_empty(strategy, two_providers):
+    from django_reliable_mail.models import MessageBody
+
+    queue("whole")
+    queue("bodiless")
+    bodiless = OutboundMessage.objects.get(subject="bodiless")
+    MessageBody.objects.filter(message=bodiless).delete()
+    (claimed,) = claiming.claim(config=two_providers, limit=5)
+    assert claimed.subject == "whole" and claimed.mime.startswith(b"Content-Type")
+    bodiless.refresh_from_db()
+    assert bodiless.status == Status.FAILED and bodiless.claim_token == ""
+    assert "no stored body" in bodiless.last_error

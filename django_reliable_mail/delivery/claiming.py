@@ -72,8 +72,8 @@ def claim(
         claimed = _claim_returning(connection, wanted, paused)
     else:
         claimed = _claim_by_queryset(wanted, paused)
+    claimed = _with_bodies(claimed, wanted.now)
     _load_recipients(connection, claimed)
-    _load_bodies(connection, claimed)
     return claimed
 
 
@@ -193,27 +193,27 @@ def _load_recipients(connection: Any, claimed: list[OutboundMessage]) -> None:
         message.recipient_rows = by_message[message.pk]
 
 
-def _load_bodies(connection: Any, claimed: list[OutboundMessage]) -> None:
-    """All the claimed messages' bodies in one query (what :attr:`OutboundMessage.mime`
-    would otherwise read one by one)."""
-    by_pk = {m.pk: m for m in claimed}
-    if not by_pk:
-        return
-    meta = MessageBody._meta
-    quote = connection.ops.quote_name
-    key, mime = meta.get_field("message"), meta.get_field("mime")
-    marks = ", ".join(["%s"] * len(by_pk))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {quote(key.column)}, {quote(mime.column)} FROM {quote(meta.db_table)} "
-            f"WHERE {quote(key.column)} IN ({marks})",
-            list(by_pk),
-        )
-        for pk, data in cursor.fetchall():
-            by_pk[pk]._mime = bytes(data)
+def _with_bodies(claimed: list[OutboundMessage], now: datetime) -> list[OutboundMessage]:
+    """The claimed messages with their bodies, read in one query. A message whose body row
+    is gone (deleted by hand: purged messages are never requeued) is failed, not sent
+    empty."""
+    bodies = rows.values_by_ids(MessageBody, [m.pk for m in claimed], ["mime"])
+    missing = [m.pk for m in claimed if m.pk not in bodies]
+    if missing:
+        logger.error("message(s) %s have no stored body; failed without sending", missing)
+        with writing():
+            OutboundMessage.objects.filter(pk__in=missing, status=Status.SENDING).update(
+                status=Status.FAILED,
+                lease_expires_at=None,
+                claim_token="",
+                next_attempt_at=None,
+                last_error="no stored body: there is nothing to send",
+                updated_at=now,
+            )
     for message in claimed:
-        if not hasattr(message, "_mime"):
-            message._mime = b""  # purged with --bodies-only
+        if message.pk in bodies:
+            message._mime = bytes(bodies[message.pk][0])
+    return [m for m in claimed if m.pk in bodies]
 
 
 def recipient_rows(message: OutboundMessage) -> list[RecipientStatus]:

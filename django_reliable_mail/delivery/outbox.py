@@ -163,7 +163,7 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
         f"r AS (INSERT INTO {quote(meta.db_table)} ({', '.join(names)}) "
         f"SELECT {', '.join(values)} FROM m, unnest(%s::text[]) WITH ORDINALITY AS a(address, n) "
         f"ORDER BY a.n), "
-        f"b AS (INSERT INTO {quote(MessageBody._meta.db_table)} "
+        f"b AS (INSERT INTO {quote(body.db_table)} "
         f"({quote(body.get_field('message').column)}, {quote(body.get_field('mime').column)}) "
         f"SELECT m.id, %s::{body.get_field('mime').db_type(connection)} FROM m)"
     )
