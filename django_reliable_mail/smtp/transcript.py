@@ -2,9 +2,10 @@
 
 Each line is ``[+0.012s] C: EHLO host`` (client), ``S:`` (server) or ``*:`` (a connection
 event such as TLS). AUTH payloads and the 334 challenges are replaced by ``[redacted]``;
-the message body is one summary line (size, sha256). Every stored string also passes
-through :meth:`Transcript.scrub`, which removes any known secret, as a last line of defence
-against a server that echoes what it was sent.
+the message body is one summary line (size, sha256). Every line passes
+:func:`.sanitize.clean` with this dialogue's secrets (a server may echo what it was sent,
+or send bytes no database stores); :meth:`Transcript.clean` does the same for the other
+strings of the attempt.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import hashlib
 import time
 from collections.abc import Iterable
 
-REDACTED = "[redacted]"
+from .sanitize import DEFAULT_LIMIT, REDACTED, Secrets, clean
+
+__all__ = ["DEFAULT_MAX_CHARS", "REDACTED", "Transcript"]
+
 DEFAULT_MAX_CHARS = 64 * 1024
 
 
@@ -23,8 +27,8 @@ class Transcript:
         self._lines: list[str] = []
         self._chars = 0
         self._dropped = 0
-        self._secrets: set[str] = set()
-        self._longest_first: tuple[str, ...] = ()  # what scrub() replaces, in that order
+        #: What this dialogue must never show (the credentials in each form they travel).
+        self.secrets = Secrets()
         self.max_chars = max_chars
         self.enabled = enabled
 
@@ -32,25 +36,21 @@ class Transcript:
 
     def add_secrets(self, secrets: Iterable[str | bytes | None]) -> None:
         """Register values that must never appear in any stored text."""
-        for secret in secrets:
-            if isinstance(secret, bytes):
-                secret = secret.decode("utf-8", "replace")
-            if secret and len(secret) >= 3:
-                self._secrets.add(secret)
-        self._longest_first = tuple(sorted(self._secrets, key=len, reverse=True))
+        self.secrets.add(secrets)
 
     def scrub(self, text: str) -> str:
-        for secret in self._longest_first:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        return self.secrets.scrub(text)
+
+    def clean(self, text: str | bytes | None, *, limit: int | None = DEFAULT_LIMIT) -> str:
+        """A string of this attempt, as it may be stored (see :func:`.sanitize.clean`)."""
+        return clean(text, secrets=self.secrets, limit=limit)
 
     # -- recording -------------------------------------------------------------------------
 
     def _add(self, direction: str, text: str) -> None:
         if not self.enabled:
             return
-        line = f"[+{time.monotonic() - self._start:.3f}s] {direction}: {self.scrub(text)}"
+        line = f"[+{time.monotonic() - self._start:.3f}s] {direction}: {self.clean(text)}"
         if self._chars + len(line) > self.max_chars:
             self._dropped += 1
             return
