@@ -79,9 +79,7 @@ def test_no_secret_survives_nul_splitting_or_the_cap(before, after, nuls, limit)
 
 def test_longest_secret_first_and_short_ones_ignored():
     secrets = Secrets(["abcdef", "abc", "xy", None, b"bytes-secret"])
-    assert secrets.scrub("abcdef abc xy bytes-secret") == (
-        f"{REDACTED} {REDACTED} xy {REDACTED}"
-    )
+    assert secrets.scrub("abcdef abc xy bytes-secret") == (f"{REDACTED} {REDACTED} xy {REDACTED}")
     assert not Secrets([None, "", "ab"])
 
 
