@@ -10,9 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from django_reliable_mail import __version__  # noqa: E402
+
 project = "django-reliable-mail"
 author = "django-reliable-mail developers"
-release = "0.1.0"
+release = version = __version__
 extensions = []
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
