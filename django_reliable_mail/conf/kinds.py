@@ -316,10 +316,9 @@ class ReplyCode:
     """550, "550", or a class like "4xx" / "55x"; "" is no condition."""
 
     def read(self, value: object, spot: Spot) -> object:
-        if _is_integer(value) and 100 <= value <= 999:  # type: ignore[operator]
-            value = str(value)
-        if value == "" or (isinstance(value, str) and _REPLY_CODE.fullmatch(value.lower())):
-            return value
+        code = str(value) if _is_integer(value) and 100 <= value <= 999 else value  # type: ignore[operator]
+        if code == "" or (isinstance(code, str) and _REPLY_CODE.fullmatch(code.lower())):
+            return code
         return spot.wrong(
             f"is {shown(value)}; expected a reply code like 550 or a class like '4xx'."
         )

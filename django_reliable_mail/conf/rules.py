@@ -224,5 +224,5 @@ def rule_has_a_condition(rule: Readings, report: Report) -> None:
     report.error(
         "E020",
         f"{rule.home} needs at least one of CODE, ENHANCED or TEXT.",
-        f"An empty {' or '.join(given)} is no condition." if given else "",
+        f"Empty values count as absent: {', '.join(given)}." if given else "",
     )

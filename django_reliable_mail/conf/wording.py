@@ -10,8 +10,20 @@ import difflib
 import reprlib
 from collections.abc import Iterable
 
+
+class _Shown(reprlib.Repr):
+    """reprlib, but a value whose repr fails is named by its type (not by its address)."""
+
+    def repr_instance(self, x: object, level: int) -> str:
+        try:
+            repr(x)
+        except Exception:
+            return f"a {type_name(x)}"
+        return super().repr_instance(x, level)
+
+
 #: Values are shown cut to this size: a message names a value, it does not dump it.
-_REPR = reprlib.Repr()
+_REPR = _Shown()
 _REPR.maxstring = 60
 _REPR.maxother = 60
 _REPR.maxlevel = 3
