@@ -25,6 +25,8 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     if config is None or config.mode != "queue":
         return []
     q = getattr(settings, "Q_CLUSTER", {}) or {}
+    if not isinstance(q, dict):
+        return []  # django-q2 reports its own setting's shape
     found = []
     timeout, retry = q.get("timeout"), q.get("retry", 60)
     example = (
@@ -40,7 +42,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                 id="reliable_mail.W010",
             )
         )
-    elif retry <= timeout:
+    elif _is_number(retry) and _is_number(timeout) and retry <= timeout:
         found.append(
             checks.Warning(
                 f"Q_CLUSTER['retry'] ({retry}) is not greater than "
@@ -80,6 +82,10 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     return found
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Queue mode on an SQLite file: the web process and the workers write to it at once."""
     from django.db import connections, router
@@ -94,7 +100,7 @@ def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[checks.
     if connection.vendor != "sqlite" or connection.is_in_memory_db():
         return []
     mode = (connection.settings_dict.get("OPTIONS") or {}).get("transaction_mode")
-    if mode and mode.upper() in ("IMMEDIATE", "EXCLUSIVE"):
+    if isinstance(mode, str) and mode.upper() in ("IMMEDIATE", "EXCLUSIVE"):
         return []
     return [
         checks.Warning(

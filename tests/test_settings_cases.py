@@ -614,3 +614,16 @@ def test_djangos_email_settings_are_checked_too(settings):
         f"{source}['HOST'] is 'smtp.example.com:25', which includes a port.",
         f"{source}['PORT'] must be an integer, not '25'.",
     }
+
+
+@pytest.mark.parametrize(
+    "q_cluster", [{"timeout": "60", "retry": None}, {"timeout": 60, "retry": [1]}, ["orm"]]
+)
+def test_the_q_cluster_check_takes_any_shape(q_cluster):
+    from django_reliable_mail.checks import check_q_cluster
+
+    with override_settings(
+        RELIABLE_MAIL={"PROVIDERS": {"main": OK}, "MODE": "queue"}, Q_CLUSTER=q_cluster
+    ):
+        ids = [m.id for m in check_q_cluster()]
+    assert "reliable_mail.W011" not in ids
