@@ -17,6 +17,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     ]
 
 
+_Q_CLUSTER_EXAMPLE = (
+    "e.g. Q_CLUSTER = {'timeout': 120, 'retry': 180, 'max_attempts': 1, "
+    "'ack_failures': True, 'catch_up': False, ...}"
+)
+
+
 def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn about django-q2 settings that turn a slow or failed task into a repeated send."""
     from django.conf import settings
@@ -29,16 +35,12 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
         return []  # django-q2 reports its own setting's shape
     found = []
     timeout, retry = q.get("timeout"), q.get("retry", 60)
-    example = (
-        "e.g. Q_CLUSTER = {'timeout': 120, 'retry': 180, 'max_attempts': 1, "
-        "'ack_failures': True, 'catch_up': False, ...}"
-    )
     if timeout is None:
         found.append(
             checks.Warning(
                 "Q_CLUSTER['timeout'] is not set: a delivery task running longer than "
                 f"Q_CLUSTER['retry'] ({retry} s) is handed to a second worker.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W010",
             )
         )
@@ -48,7 +50,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                 f"Q_CLUSTER['retry'] ({retry}) is not greater than "
                 f"Q_CLUSTER['timeout'] ({timeout}): a task still running is redelivered "
                 "to another worker.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W011",
             )
         )
@@ -57,7 +59,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             checks.Warning(
                 "Q_CLUSTER['max_attempts'] is 0 (unlimited): a failing delivery task is retried "
                 "forever by the broker. Our own retries live in the database; set it to 1.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W012",
             )
         )
@@ -66,7 +68,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             checks.Warning(
                 "Q_CLUSTER['catch_up'] is on: after downtime the dispatcher schedule replays every "
                 "missed run at once.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W013",
             )
         )
@@ -75,7 +77,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             checks.Warning(
                 "Q_CLUSTER['ack_failures'] is off: a failed delivery task stays on the broker and "
                 "is delivered again.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W014",
             )
         )
