@@ -9,6 +9,7 @@ from django.test import override_settings
 
 from django_reliable_mail.checks import check_settings
 from django_reliable_mail.conf import LONGEST_SECONDS, get_config, validate
+from django_reliable_mail.conf.wording import shown
 from django_reliable_mail.exceptions import ReliableMailConfigError, UnknownProviderError
 from django_reliable_mail.retry import retry_delay, should_give_up
 
@@ -161,6 +162,7 @@ def test_the_hints_say_what_to_do():
         ("smtp.bücher.de", None),
         ("a" * 253, None),
         ("a" * 254, "longer than a host name can be (253 characters)."),
+        ("a" * 200 + "." + "b" * 52, None),
         ("   ", "which is empty."),
         (" smtp.example.com", "which contains spaces or control characters."),
         ("smtp.example.com\n", "which contains spaces or control characters."),
@@ -168,7 +170,6 @@ def test_the_hints_say_what_to_do():
         ("smtps://smtp.example.com", "a URL, not a host name."),
         ("smtp://smtp.example.com:25", "a URL, not a host name."),
         ("[::1]", "in brackets."),
-        ("[::1]:25", "which includes a port."),
         ("smtp.example.com:587", "which includes a port."),
         ("smtp:abc", "neither a host name nor an IPv6 address."),
         ("2001:db8::zz", "neither a host name nor an IPv6 address."),
@@ -181,8 +182,18 @@ def test_host(host, problem):
     if problem is None:
         assert problems == []
     else:
-        [(id_, message, _)] = problems
-        assert id_ == "E012" and message.endswith(problem), message
+        [(id_, message, hint)] = problems
+        assert id_ == "E012" and message == f"{P}['HOST'] is {shown(host)}, {problem}"
+        assert hint == HOST_HINTS.get(problem, ""), hint
+
+
+HOST_HINTS = {
+    "which is empty.": "Set the SMTP server's name, e.g. 'smtp.example.com'.",
+    "a URL, not a host name.": "Give the server's name alone; TLS and PORT say how.",
+    "in brackets.": "Write an IPv6 address without brackets, e.g. '2001:db8::25'.",
+    "not a host name.": "Give the server's name alone, e.g. 'smtp.example.com'.",
+    "which includes a port.": "Put the port in PORT: HOST 'smtp.example.com', PORT 587.",
+}
 
 
 # -- secrets -------------------------------------------------------------------------
@@ -229,9 +240,13 @@ def test_an_oauth2_token_in_place_of_its_path_is_not_shown(token, message):
     problems = found(provider(USERNAME="u", OAUTH2_TOKEN=token, AUTH_MECHANISMS=["XOAUTH2"]))
     assert "ya29" not in repr(problems) and "Secret" not in repr(problems)
     if message is None:
-        assert problems[0][:2] == ("E003", f"{P}['OAUTH2_TOKEN'] must be a string, not bytes.")
+        assert problems[0] == ("E003", f"{P}['OAUTH2_TOKEN'] must be a string, not bytes.", "")
     else:
         assert problems[0][:2] == ("E017", f"{P}['OAUTH2_TOKEN'] {message}"), problems
+    if token == "ya29.secret-Token-value":
+        assert problems[0][2] == (
+            "Put the token behind a function and give its path, e.g. 'myproject.mail.oauth_token'."
+        )
     assert len(problems) == 1
 
 
@@ -340,14 +355,22 @@ def test_rate_limits(rate, per):
     ],
 )
 def test_bad_rate_limits(rate, tail):
-    id_, message, _ = only(provider(RATE_LIMIT=rate))
-    assert id_ == "E018" and message.endswith(tail), message
+    assert only(provider(RATE_LIMIT=rate)) == (
+        "E018",
+        f"{P}['RATE_LIMIT'] is {rate!r}; {tail}",
+        "",
+    )
 
 
 @pytest.mark.parametrize(
     ("values", "problem"),
     [
         ({"CODE": 550}, None),
+        ({"CODE": 200}, None),
+        ({"CODE": 599}, None),
+        ({"CODE": 199}, "['CODE'] is 199; expected a reply code like 550 or a class like '4xx'."),
+        ({"CODE": 600}, "['CODE'] is 600; expected a reply code like 550 or a class like '4xx'."),
+        ({"CODE": "599"}, None),
         ({"CODE": "5xx"}, None),
         ({"CODE": "5XX"}, None),
         ({"CODE": "45x"}, None),
@@ -412,7 +435,9 @@ def test_a_reply_rule_is_built_from_its_values():
         None,
         "",
     )
-    assert plain.pause_provider is False
+    assert plain.pause_provider is False and plain.text == "x"
+    [coded] = accepted(rule(CODE="4xx", OUTCOME="transient")).provider("main").reply_rules
+    assert (coded.code, coded.text, coded.enhanced) == ("4xx", "", "")
 
 
 # -- where accepted extremes are used --------------------------------------------------
@@ -627,3 +652,226 @@ def test_the_q_cluster_check_takes_any_shape(q_cluster):
     ):
         ids = [m.id for m in check_q_cluster()]
     assert "reliable_mail.W011" not in ids
+
+
+# -- cross-field rules: each one exactly, and none of them on a value already refused ------
+
+TOKEN = "tests.helpers.oauth_token"
+E015_IMPLICIT = "Use TLS 'starttls' on port 587, or port 465 for implicit TLS."
+E015_PLAIN = "Use TLS 'implicit' on port 465, or port 587 for STARTTLS."
+W001_HINT = (
+    "Use TLS 'starttls' or 'implicit', or set ALLOW_PLAINTEXT_AUTH: True for a trusted local relay."
+)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"TLS": "implicit", "PORT": 25},
+            [
+                (
+                    "E015",
+                    f"{P}['TLS'] is 'implicit' but {P}['PORT'] is 25, a plain-text port that "
+                    "upgrades with STARTTLS.",
+                    E015_IMPLICIT,
+                )
+            ],
+        ),
+        ({"TLS": "implicit", "PORT": 2465}, []),
+        ({"TLS": "implicit", "PORT": None}, []),
+        (
+            {"TLS": "none", "PORT": 465},
+            [
+                (
+                    "E015",
+                    f"{P}['TLS'] is 'none' but {P}['PORT'] is 465, which expects TLS from the "
+                    "first byte.",
+                    E015_PLAIN,
+                )
+            ],
+        ),
+        ({"TLS": "ssl", "PORT": 465}, ["E004"]),
+        ({"TLS": "implicit", "PORT": "25"}, ["E003"]),
+        (
+            {"PRESET": "strato", "TLS": "none", "PORT": 25},
+            [
+                (
+                    "E016",
+                    f"{P}['TLS'] is 'none' but preset 'strato' requires TLS ('implicit').",
+                    "Credentials and mail would cross the network in clear; remove the TLS "
+                    "override.",
+                )
+            ],
+        ),
+        ({"PRESET": "strato", "TLS": "opportunistic", "PORT": 25}, []),
+        ({"PRESET": "strato", "TLS": 0, "PORT": 25}, ["E004"]),
+        (
+            {"DISABLE_EXTENSIONS": ["starttls"]},
+            [
+                (
+                    "E016",
+                    f"{P}['DISABLE_EXTENSIONS'] disables STARTTLS but {P}['TLS'] is "
+                    "'starttls', which requires it.",
+                    "Use TLS 'none' to send without encryption, or stop disabling STARTTLS.",
+                )
+            ],
+        ),
+        ({"TLS": "opportunistic", "PORT": 25, "DISABLE_EXTENSIONS": ["STARTTLS"]}, []),
+        ({"DISABLE_EXTENSIONS": ["STARTTLS", "NOPE"]}, ["E013"]),
+        (
+            {"PASSWORD": "p"},
+            [("E017", f"{P}['PASSWORD'] is set but {P}['USERNAME'] is not.", "")],
+        ),
+        (
+            {"OAUTH2_TOKEN": TOKEN},
+            [("E017", f"{P}['OAUTH2_TOKEN'] is set but {P}['USERNAME'] is not.", "")],
+        ),
+        (
+            {"PASSWORD": "p", "OAUTH2_TOKEN": TOKEN},
+            [("E017", f"{P}['PASSWORD'] is set but {P}['USERNAME'] is not.", "")],
+        ),
+        ({"USERNAME": "u", "OAUTH2_TOKEN": TOKEN}, []),
+        ({"USERNAME": 5}, ["E003"]),
+        ({"PASSWORD": b"p"}, ["E003"]),
+        ({"OAUTH2_TOKEN": 5}, ["E003"]),
+        ({"USERNAME": "u", "PASSWORD": 5}, ["E003"]),
+        ({"USERNAME": "u", "OAUTH2_TOKEN": "x.y"}, ["E017"]),
+        ({"USERNAME": 5, "AUTH_MECHANISMS": ["PLAIN"]}, ["E003"]),
+        ({"AUTH_MECHANISMS": []}, []),
+        ({"AUTH_MECHANISMS": ["NOPE"]}, ["E014"]),
+        (
+            {"USERNAME": "u", "OAUTH2_TOKEN": TOKEN, "AUTH_MECHANISMS": ["PLAIN"]},
+            [
+                (
+                    "E017",
+                    f"{P}['OAUTH2_TOKEN'] is set but {P}['AUTH_MECHANISMS'] does not include "
+                    "'XOAUTH2'.",
+                    "",
+                )
+            ],
+        ),
+        ({"USERNAME": "u", "OAUTH2_TOKEN": TOKEN, "AUTH_MECHANISMS": ["PLAIN", "x"]}, ["E014"]),
+        (
+            {"USERNAME": "u", "PASSWORD": "p", "DISABLE_EXTENSIONS": ["auth"]},
+            [
+                (
+                    "E017",
+                    f"{P}['DISABLE_EXTENSIONS'] disables AUTH but credentials are configured.",
+                    "",
+                )
+            ],
+        ),
+        ({"DISABLE_EXTENSIONS": ["AUTH"]}, []),
+        ({"USERNAME": 5, "DISABLE_EXTENSIONS": ["AUTH"]}, ["E003"]),
+        ({"USERNAME": "u", "PASSWORD": "p", "DISABLE_EXTENSIONS": ["AUTH", 5]}, ["E013"]),
+        (
+            {"TLS": "opportunistic", "PORT": 25, "USERNAME": "u", "PASSWORD": "p"},
+            [
+                (
+                    "W001",
+                    f"{P}['TLS'] is 'opportunistic' and credentials are configured: they will "
+                    "not be sent without TLS, so delivery fails until TLS is available.",
+                    W001_HINT,
+                )
+            ],
+        ),
+        (
+            {"TLS": "none", "PORT": 25, "USERNAME": "u", "PASSWORD": "p"},
+            [
+                (
+                    "W001",
+                    f"{P}['TLS'] is 'none' and credentials are configured: they will not be "
+                    "sent without TLS, so delivery fails until TLS is available.",
+                    W001_HINT,
+                )
+            ],
+        ),
+        (
+            {
+                "TLS": "none",
+                "PORT": 25,
+                "USERNAME": "u",
+                "PASSWORD": "p",
+                "ALLOW_PLAINTEXT_AUTH": True,
+            },
+            [],
+        ),
+        (
+            {
+                "TLS": "none",
+                "PORT": 25,
+                "USERNAME": "u",
+                "PASSWORD": "p",
+                "ALLOW_PLAINTEXT_AUTH": 1,
+            },
+            ["E003"],
+        ),
+        ({"TLS": "none", "PORT": 25, "USERNAME": 5, "PASSWORD": "p"}, ["E003"]),
+        (
+            {"FALLBACK": "mian"},
+            [
+                (
+                    "E021",
+                    f"{P}['FALLBACK'] is 'mian', which is not a configured provider.",
+                    "Did you mean 'main'?",
+                )
+            ],
+        ),
+        ({"FALLBACK": "main"}, [("E021", f"{P}['FALLBACK'] names the provider itself.", "")]),
+        ({"FALLBACK": 5}, ["E003"]),
+        ({"HOST": None}, [("E012", f"{P}['HOST'] is required (or a PRESET that sets it).", "")]),
+        ({"HOST": 5}, ["E003"]),
+    ],
+)
+def test_cross_field_rules(values, expected):
+    problems = found(provider(**values))
+    if expected and isinstance(expected[0], str):
+        assert [p[0] for p in problems] == expected, problems
+    else:
+        assert problems == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            retry("JITTER", "0.2"),
+            f"{P}['RETRY']['JITTER'] must be an integer or a number, not '0.2'.",
+        ),
+        (
+            retry("BASE_SECONDS", None),
+            f"{P}['RETRY']['BASE_SECONDS'] must be an integer or a number, not None.",
+        ),
+        (
+            provider(HOST=["smtp.example.com"]),
+            f"{P}['HOST'] must be a string, not ['smtp.example.com'].",
+        ),
+        (provider(CA_FILE=5), f"{P}['CA_FILE'] must be a string, not 5."),
+        (provider(REGION=5), f"{P}['REGION'] must be a string, not 5."),
+        (
+            provider(MAX_RECIPIENTS=0),
+            f"{P}['MAX_RECIPIENTS'] must be between 1 and 1000000, not 0.",
+        ),
+        (retry("JITTER", 2), f"{P}['RETRY']['JITTER'] must be between 0 and 1, not 2."),
+        (
+            retry("MAX_SECONDS", -1),
+            f"{P}['RETRY']['MAX_SECONDS'] must be a positive number, not -1.",
+        ),
+        (
+            retry("MAX_SECONDS", 10**12),
+            f"{P}['RETRY']['MAX_SECONDS'] must be at most 315360000 (ten years), "
+            "not 1000000000000.",
+        ),
+        (
+            provider(DISABLE_EXTENSIONS=["X"]),
+            f"{P}['DISABLE_EXTENSIONS'][0] is 'X', not a known EHLO extension.",
+        ),
+    ],
+)
+def test_type_and_range_messages(raw, message):
+    id_, text, hint = only(raw)
+    assert text == message
+    assert id_ in ("E003", "E019", "E013")
+    if id_ != "E013":
+        assert hint == ""

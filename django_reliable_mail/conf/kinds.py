@@ -316,9 +316,10 @@ class ReplyCode:
     """550, "550", or a class like "4xx" / "55x"; "" is no condition."""
 
     def read(self, value: object, spot: Spot) -> object:
-        code = str(value) if _is_integer(value) and 100 <= value <= 999 else value  # type: ignore[operator]
-        if code == "" or (isinstance(code, str) and _REPLY_CODE.fullmatch(code.lower())):
-            return code
+        if _is_integer(value) and 200 <= value <= 599:  # type: ignore[operator]
+            return str(value)
+        if isinstance(value, str) and (value == "" or _REPLY_CODE.fullmatch(value.lower())):
+            return value
         return spot.wrong(
             f"is {shown(value)}; expected a reply code like 550 or a class like '4xx'."
         )

@@ -1,14 +1,16 @@
 """Cross-field rules: what no single key can be checked for alone.
 
-Each rule is a small named function over values the table has already read; a rule skips
-any value that failed its own check (:data:`~.reading.INVALID`), so one mistake is reported
-once. Rules never show a secret: they name keys, not values, for credentials.
+Each rule is a small named function over values the table has already read. A provider
+rule is listed with the keys it needs: it runs only when all of them passed their own
+checks, so one mistake is reported once. Rules never show a secret: they name keys, not
+values, for credentials.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from .reading import INVALID, Readings
 from .report import Report
@@ -27,7 +29,15 @@ class ProviderDraft:
     names: Collection[str]
 
 
-ProviderRule = Callable[[ProviderDraft, Report], None]
+@dataclass(frozen=True)
+class ProviderRule:
+    #: The keys the rule reads; it is skipped when one of them is invalid.
+    needs: tuple[str, ...]
+    check: Callable[[ProviderDraft, Report], None]
+
+    def apply(self, draft: ProviderDraft, report: Report) -> None:
+        if draft.readings.valid(*self.needs):
+            self.check(draft, report)
 
 
 def host_is_set(draft: ProviderDraft, report: Report) -> None:
@@ -39,8 +49,6 @@ def host_is_set(draft: ProviderDraft, report: Report) -> None:
 def tls_matches_port(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
     tls, port = r["TLS"], r["PORT"]
-    if not r.valid("TLS", "PORT") or port is None:
-        return
     if tls == "implicit" and port in (25, 587):
         report.error(
             "E015",
@@ -70,8 +78,8 @@ def preset_tls_is_kept(draft: ProviderDraft, report: Report) -> None:
 
 def starttls_is_not_disabled(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
-    disabled = r["DISABLE_EXTENSIONS"]
-    if r["TLS"] == "starttls" and disabled is not INVALID and "STARTTLS" in disabled:  # type: ignore[operator]
+    disabled = cast(frozenset[str], r["DISABLE_EXTENSIONS"])
+    if r["TLS"] == "starttls" and "STARTTLS" in disabled:
         report.error(
             "E016",
             f"{r.path('DISABLE_EXTENSIONS')} disables STARTTLS but {r.path('TLS')} is "
@@ -82,8 +90,6 @@ def starttls_is_not_disabled(draft: ProviderDraft, report: Report) -> None:
 
 def credentials_come_in_pairs(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
-    if not r.valid("USERNAME", "PASSWORD", "OAUTH2_TOKEN"):
-        return
     username, password, token = r["USERNAME"], r["PASSWORD"], r["OAUTH2_TOKEN"]
     if username and not password and not token:
         report.error(
@@ -98,9 +104,8 @@ def credentials_come_in_pairs(draft: ProviderDraft, report: Report) -> None:
 
 def mechanisms_need_credentials(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
-    if not r.valid("USERNAME", "AUTH_MECHANISMS") or "AUTH_MECHANISMS" not in r.given:
-        return
-    if r["AUTH_MECHANISMS"] and not r["USERNAME"]:
+    given = "AUTH_MECHANISMS" in r.given
+    if given and r["AUTH_MECHANISMS"] and not r["USERNAME"]:
         report.error(
             "E017",
             f"{r.path('AUTH_MECHANISMS')} is set but no credentials are: "
@@ -110,21 +115,18 @@ def mechanisms_need_credentials(draft: ProviderDraft, report: Report) -> None:
 
 def token_needs_xoauth2(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
-    mechanisms = r["AUTH_MECHANISMS"]
-    if r.valid("OAUTH2_TOKEN", "AUTH_MECHANISMS") and r["OAUTH2_TOKEN"]:
-        if "XOAUTH2" not in mechanisms:  # type: ignore[operator]
-            report.error(
-                "E017",
-                f"{r.path('OAUTH2_TOKEN')} is set but {r.path('AUTH_MECHANISMS')} does not "
-                "include 'XOAUTH2'.",
-            )
+    mechanisms = cast(tuple[str, ...], r["AUTH_MECHANISMS"])
+    if r["OAUTH2_TOKEN"] and "XOAUTH2" not in mechanisms:
+        report.error(
+            "E017",
+            f"{r.path('OAUTH2_TOKEN')} is set but {r.path('AUTH_MECHANISMS')} does not "
+            "include 'XOAUTH2'.",
+        )
 
 
 def auth_is_not_disabled(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
-    if not r.valid("USERNAME", "DISABLE_EXTENSIONS") or not r["USERNAME"]:
-        return
-    if "AUTH" in r["DISABLE_EXTENSIONS"]:  # type: ignore[operator]
+    if r["USERNAME"] and "AUTH" in cast(frozenset[str], r["DISABLE_EXTENSIONS"]):
         report.error(
             "E017",
             f"{r.path('DISABLE_EXTENSIONS')} disables AUTH but credentials are configured.",
@@ -134,9 +136,7 @@ def auth_is_not_disabled(draft: ProviderDraft, report: Report) -> None:
 def credentials_are_not_sent_in_clear(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
     tls = r["TLS"]
-    if not r.valid("USERNAME") or not r["USERNAME"] or r["ALLOW_PLAINTEXT_AUTH"] is not False:
-        return
-    if tls in ("none", "opportunistic"):
+    if r["USERNAME"] and tls in ("none", "opportunistic") and not r["ALLOW_PLAINTEXT_AUTH"]:
         report.warn(
             "W001",
             f"{r.path('TLS')} is {tls!r} and credentials are configured: they will not be "
@@ -149,7 +149,7 @@ def credentials_are_not_sent_in_clear(draft: ProviderDraft, report: Report) -> N
 def fallback_is_another_provider(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
     fallback = r["FALLBACK"]
-    if not isinstance(fallback, str):
+    if fallback is None:
         return
     if fallback not in draft.names:
         report.error(
@@ -162,16 +162,16 @@ def fallback_is_another_provider(draft: ProviderDraft, report: Report) -> None:
 
 
 PROVIDER_RULES: tuple[ProviderRule, ...] = (
-    host_is_set,
-    tls_matches_port,
-    preset_tls_is_kept,
-    starttls_is_not_disabled,
-    credentials_come_in_pairs,
-    mechanisms_need_credentials,
-    token_needs_xoauth2,
-    auth_is_not_disabled,
-    credentials_are_not_sent_in_clear,
-    fallback_is_another_provider,
+    ProviderRule(("HOST",), host_is_set),
+    ProviderRule(("TLS", "PORT"), tls_matches_port),
+    ProviderRule(("TLS",), preset_tls_is_kept),
+    ProviderRule(("TLS", "DISABLE_EXTENSIONS"), starttls_is_not_disabled),
+    ProviderRule(("USERNAME", "PASSWORD", "OAUTH2_TOKEN"), credentials_come_in_pairs),
+    ProviderRule(("USERNAME", "AUTH_MECHANISMS"), mechanisms_need_credentials),
+    ProviderRule(("OAUTH2_TOKEN", "AUTH_MECHANISMS"), token_needs_xoauth2),
+    ProviderRule(("USERNAME", "DISABLE_EXTENSIONS"), auth_is_not_disabled),
+    ProviderRule(("USERNAME", "TLS", "ALLOW_PLAINTEXT_AUTH"), credentials_are_not_sent_in_clear),
+    ProviderRule(("FALLBACK",), fallback_is_another_provider),
 )
 
 

@@ -9,7 +9,7 @@ only when there is no error (warnings may remain).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -65,20 +65,16 @@ def validate(
     routes_lead_to_providers(top, entries.keys(), report)
     if report.error_count or default is None:
         return None, report.problems
+    routes = cast(dict[str, str], top["ROUTES"])  # a dict: it passed its check
     config = Config(
         providers=providers,
         default_provider=default,
-        routes={domain.lower(): target for domain, target in _routes(top).items()},
+        routes={domain.lower(): target for domain, target in routes.items()},
         source=source,
         raw_providers=raw_providers,
         **top.arguments(TOP_LEVEL),
     )
     return config, report.problems
-
-
-def _routes(top: Readings) -> dict[str, str]:
-    routes = top["ROUTES"]
-    return routes if isinstance(routes, dict) else {}
 
 
 def read_provider(
@@ -105,7 +101,7 @@ def read_provider(
         readings.values["PORT"] = DEFAULT_PORTS[str(readings["TLS"])]
     draft = ProviderDraft(name, readings, preset_values, names)
     for rule in PROVIDER_RULES:
-        rule(draft, report)
+        rule.apply(draft, report)
     if report.error_count > errors:
         return None
     return ProviderConfig(name=name, **readings.arguments(PROVIDER)), readings.raw

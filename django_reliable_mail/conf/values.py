@@ -111,7 +111,7 @@ class Config:
             hint = did_you_mean(name, self.providers)
             raise UnknownProviderError(
                 f"Unknown provider {name!r}; {self.source}['PROVIDERS'] defines "
-                f"{', '.join(sorted(self.providers)) or 'none'}." + (f" {hint}" if hint else "")
+                f"{', '.join(sorted(self.providers))}." + (f" {hint}" if hint else "")
             ) from None
 
     def route(self, from_email: str) -> str:

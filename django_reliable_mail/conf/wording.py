@@ -46,7 +46,7 @@ def shown(value: object) -> str:
 
 def type_name(value: object) -> str:
     """The name of a value's type, for values that must not be shown (secrets)."""
-    return "None" if value is None else type(value).__name__
+    return type(value).__name__
 
 
 def did_you_mean(value: object, choices: Iterable[object]) -> str:
