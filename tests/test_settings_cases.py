@@ -486,6 +486,7 @@ def test_the_longest_accepted_durations_fit_in_a_datetime():
         ("x", ("E001", "RELIABLE_MAIL must be a dict, not str.")),
         ({"PROVIDERS": []}, ("E003", "RELIABLE_MAIL['PROVIDERS'] must be a dict, not [].")),
         ({"PROVIDERS": {"main": None}}, ("E003", f"{P} must be a dict, not None.")),
+        ({"PROVIDERS": {"main": ["x"]}}, ("E003", f"{P} must be a dict, not ['x'].")),
         (
             {"PROVIDERS": {5: OK}},
             (
@@ -612,15 +613,25 @@ def test_backend_options_are_named_by_their_option_path():
         "E003",
         "MAILERS['default']['OPTIONS']['port'] must be an integer, not '25'.",
     )
-    assert only(provider(), overrides={"HOTS": "x"}, **options)[1:] == (
+    assert only(provider(), overrides={"HOTS": "x"}, **options) == (
+        "E002",
         "MAILERS['default']['OPTIONS']['hots'] is not a known option.",
         "Did you mean 'host'?",
     )
+    # Every option is read, those after an unknown one too.
+    problems = found(provider(), overrides={"ZZZ": 1, "PORT": "x"}, **options)
+    assert [p[1] for p in problems] == [
+        "MAILERS['default']['OPTIONS']['zzz'] is not a known option.",
+        "MAILERS['default']['OPTIONS']['port'] must be an integer, not 'x'.",
+    ]
     assert only(provider(), overrides={5: "x"}, **options)[1] == (
         "MAILERS['default']['OPTIONS'][5] is not a known option."
     )
-    assert only(provider(), overrides={"ZZZ": "x"}, **options)[2].startswith(
-        "Options are the provider keys in lower case: preset, region, host, port,"
+    assert only(provider(), overrides={"ZZZ": "x"}, **options)[2] == (
+        "Options are the provider keys in lower case: preset, region, host, port, tls, ca_file, "
+        "username, password, oauth2_token, disable_extensions, auth_mechanisms, timeout, "
+        "local_hostname, allow_plaintext_auth, max_connections, max_messages_per_connection, "
+        "max_recipients, rate_limit, retry, reply_rules, fallback."
     )
     config, _ = validate(provider(), overrides={"PORT": 2525}, **options)
     assert config.provider("main").port == 2525
@@ -875,3 +886,59 @@ def test_type_and_range_messages(raw, message):
     assert id_ in ("E003", "E019", "E013")
     if id_ != "E013":
         assert hint == ""
+
+
+def test_hints_of_choices_keys_and_lists():
+    assert only(top("MODE", "zzz")) == (
+        "E004",
+        "RELIABLE_MAIL['MODE'] is 'zzz'; expected one of 'queue', 'immediate'.",
+        "",
+    )
+    assert only(top("MODE", "queu"))[2] == "Did you mean 'queue'?"
+    assert only(top("ZZZ", 1)) == (
+        "E002",
+        "RELIABLE_MAIL['ZZZ'] is not a known setting.",
+        "Known keys: DEFAULT_PROVIDER, LEASE_SECONDS, MODE, PROVIDERS, RETENTION_DAYS, ROUTES, "
+        "SMTP_PROCESS, TRANSCRIPTS, TRANSCRIPT_MAX_CHARS, UNKNOWN_OUTCOME.",
+    )
+    assert only(provider(USERNAME="u", PASSWORD="p", AUTH_MECHANISMS=["ZZZ"])) == (
+        "E014",
+        f"{P}['AUTH_MECHANISMS'][0] is 'ZZZ', not a supported AUTH mechanism.",
+        "Supported: XOAUTH2, CRAM-MD5, PLAIN, LOGIN.",
+    )
+    assert only(retry("MAX_ATEMPTS", 3))[2] == "Did you mean 'MAX_ATTEMPTS'?"
+    assert only(rule(CODE=550, OUTCOME="transient", STAGE="RCPT"))[2].startswith(
+        "Known keys: CODE, DESCRIPTION, ENHANCED"
+    )
+
+
+def test_providers_missing_empty_or_named_at_the_limit():
+    example = 'e.g. "PROVIDERS": {"main": {"PRESET": "strato", "USERNAME": ..., "PASSWORD": ...}}'
+    for raw in ({}, {"PROVIDERS": {}}, {"PROVIDERS": None}):
+        assert only(raw) == (
+            "E005",
+            "RELIABLE_MAIL['PROVIDERS'] must define at least one provider.",
+            example,
+        )
+    assert accepted({"PROVIDERS": {"x" * 100: OK}}).default_provider == "x" * 100
+    assert only(rule(CODE=550)) == (
+        "E020",
+        f"{RULE}['OUTCOME'] is None; expected one of 'transient', 'permanent', 'provider'.",
+        "",
+    )
+
+
+def test_routes_beside_a_broken_one_are_still_checked():
+    problems = found({"PROVIDERS": {"main": OK}, "ROUTES": {5: "main", "x.com": "mian"}})
+    assert problems == [
+        (
+            "E003",
+            "RELIABLE_MAIL['ROUTES'] maps 5, which is not a sender domain.",
+            "Keys are domains such as 'billing.example.com'.",
+        ),
+        (
+            "E022",
+            "RELIABLE_MAIL['ROUTES']['x.com'] is 'mian', which is not a configured provider.",
+            "Did you mean 'main'?",
+        ),
+    ]

@@ -129,21 +129,38 @@ def test_config_with_options():
         config_with_options("nope", {}, alias=None)
 
 
-@override_settings(RELIABLE_MAIL=MAIN)
+@override_settings(
+    RELIABLE_MAIL={"PROVIDERS": {"main": OK, "bulk": OK}, "DEFAULT_PROVIDER": "main"}
+)
 def test_config_for_mailer(settings):
+    gone = (
+        "MAILERS['gone'] is gone, but queued messages were sent through it; restore it or move "
+        "those messages to another provider."
+    )
+    if hasattr(settings, "MAILERS"):
+        del settings.MAILERS
+    with pytest.raises(ReliableMailConfigError) as excinfo:
+        config_for_mailer("gone")
+    assert str(excinfo.value) == gone
+    backend = "django_reliable_mail.backends.EmailBackend"
     settings.MAILERS = {
         "bulk": {
-            "BACKEND": "django_reliable_mail.backends.EmailBackend",
-            "OPTIONS": {"provider": "main", "port": 2525, "fail_silently": True, "timeout": None},
+            "BACKEND": backend,
+            "OPTIONS": {"provider": "bulk", "port": 2525, "fail_silently": True, "timeout": None},
         },
-        "plain": {"BACKEND": "django_reliable_mail.backends.EmailBackend"},
+        "broken": {"BACKEND": backend, "OPTIONS": {"port": "x"}},
+        "plain": {"BACKEND": backend},
     }
     config, name = config_for_mailer("bulk")
-    assert name == "main" and config.provider("main").port == 2525
-    assert config.provider("main").timeout == 30.0
+    assert name == "bulk" and config.provider("bulk").port == 2525
+    assert config.provider("bulk").timeout == 30.0 and config.provider("main").port == 587
     assert config_for_mailer("plain") == (get_config(), "main")
-    with pytest.raises(ReliableMailConfigError, match=r"MAILERS\['gone'\] is gone"):
+    with pytest.raises(ReliableMailConfigError) as excinfo:
+        config_for_mailer("broken")
+    assert "MAILERS['broken']['OPTIONS']['port'] must be an integer" in str(excinfo.value)
+    with pytest.raises(ReliableMailConfigError) as excinfo:
         config_for_mailer("gone")
+    assert str(excinfo.value) == gone
 
 
 def test_the_configuration_is_cached_until_a_setting_changes():
@@ -192,6 +209,7 @@ def test_defaults():
     assert (main.max_connections, main.max_messages_per_connection) == (2, 100)
     assert (main.max_recipients, main.rate_limit, main.reply_rules) == (None, None, ())
     assert (main.preset, main.ca_file, main.local_hostname, main.fallback) == (None,) * 4
+    assert main.name == "main"
     assert main.disable_extensions == frozenset() and main.allow_plaintext_auth is False
     assert TOP_LEVEL_DEFAULTS["LEASE_SECONDS"] == 45 and TOP_LEVEL_DEFAULTS["PROVIDERS"] is None
     assert PROVIDER_DEFAULTS["TLS"] == "starttls" and PROVIDER_DEFAULTS["HOST"] is None
@@ -219,6 +237,9 @@ def test_server_settings_carry_every_provider_value(tmp_path):
             "PROVIDERS": {
                 "main": {
                     **OK,
+                    "TLS": "implicit",
+                    "PORT": 465,
+                    "ALLOW_PLAINTEXT_AUTH": True,
                     "CA_FILE": str(ca_file),
                     "USERNAME": "u",
                     "OAUTH2_TOKEN": "tests.helpers.oauth_token",
@@ -235,7 +256,7 @@ def test_server_settings_carry_every_provider_value(tmp_path):
     )
     assert problems == []
     server = config.provider("main").server_settings(transcript_max_chars=99, record=False)
-    assert (server.host, server.port, server.tls) == ("smtp.example.com", 587, "starttls")
+    assert (server.host, server.port, server.tls) == ("smtp.example.com", 465, "implicit")
     assert (server.ca_file, server.username, server.password) == (str(ca_file), "u", "pw")
     assert server.oauth2_token is oauth_token
     assert server.auth_mechanisms == ("XOAUTH2", "PLAIN")
@@ -245,7 +266,7 @@ def test_server_settings_carry_every_provider_value(tmp_path):
         "client.example.com",
         10,
     )
-    assert server.allow_plaintext_auth is False and server.reply_rules[0].code == "550"
+    assert server.allow_plaintext_auth is True and server.reply_rules[0].code == "550"
     assert (server.transcript_max_chars, server.record_transcript) == (99, False)
     plain = validate(MAIN)[0].provider("main").server_settings(transcript_max_chars=1, record=True)
     assert plain.oauth2_token is None and plain.record_transcript is True
@@ -263,10 +284,16 @@ def test_unknown_providers_and_routes():
     with pytest.raises(UnknownProviderError) as excinfo:
         config.provider("zzz")
     assert str(excinfo.value).endswith("defines backup, main.")
-    routed, _ = validate({**MAIN, "ROUTES": {"billing.example.com": "main"}})
-    assert routed.route("odd@name@billing.example.com") == "main"
-    assert routed.route("billing.example.com@example.com") == "main"  # the default, by luck
-    assert routed.routes == {"billing.example.com": "main"}
+    routed, _ = validate(
+        {
+            "PROVIDERS": {"main": OK, "billing": OK},
+            "DEFAULT_PROVIDER": "main",
+            "ROUTES": {"billing.example.com": "billing"},
+        }
+    )
+    assert routed.route("odd@name@billing.example.com") == "billing"
+    assert routed.route("billing.example.com@example.com") == "main"
+    assert routed.routes == {"billing.example.com": "billing"}
 
 
 def test_problem_text():
@@ -287,3 +314,30 @@ def test_wording():
     long = "a" * 100
     assert did_you_mean(long[:-1] + "b", [long]) == f"Did you mean {long!r}?"
     assert did_you_mean(long + "b", [long + "a"]) == ""
+
+
+@pytest.mark.parametrize(
+    ("tls", "port"), [("implicit", 465), ("starttls", 587), ("opportunistic", 25), ("none", 25)]
+)
+def test_the_port_follows_tls(tls, port):
+    config, _ = validate({"PROVIDERS": {"main": {"HOST": "smtp.example.com", "TLS": tls}}})
+    assert config.provider("main").port == port
+    assert config.raw_providers["main"]["PORT"] is None
+
+
+def test_a_preset_fills_in_and_region_names_the_host():
+    config, _ = validate({"PROVIDERS": {"ses": {"PRESET": "ses", "REGION": "eu-west-1"}}})
+    ses = config.provider("ses")
+    assert ses.host == "email-smtp.eu-west-1.amazonaws.com" and ses.preset == "ses"
+    assert (ses.port, ses.tls, ses.max_recipients) == (587, "starttls", 50)
+    config, _ = validate({"PROVIDERS": {"ses": {"PRESET": "ses"}}})
+    assert config.provider("ses").host == "email-smtp.us-east-1.amazonaws.com"
+    config, problems = validate({"PROVIDERS": {"ses": {"PRESET": "ses", "REGION": "EU"}}})
+    assert config is None and len(problems) == 1 and "['REGION']" in problems[0].message
+
+
+def test_backend_options_without_a_source_name():
+    _, problems = validate(
+        {"PROVIDERS": {"main": OK}}, overrides={"PORT": "x"}, override_provider="main"
+    )
+    assert [str(p) for p in problems] == ["OPTIONS['port'] must be an integer, not 'x'."]

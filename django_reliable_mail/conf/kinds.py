@@ -386,7 +386,10 @@ class ProviderNames:
 
 @dataclass(frozen=True)
 class Routes:
-    """Sender domain → provider name (whether that provider exists is a rule's to say)."""
+    """Sender domain → provider name (whether that provider exists is a rule's to say).
+
+    Read as the usable entries, so the routes beside a broken one are still checked.
+    """
 
     def read(self, value: object, spot: Spot) -> object:
         if not isinstance(value, Mapping):
@@ -403,4 +406,4 @@ class Routes:
                 spot.at(domain).wrong_type("a provider's name", target)
             else:
                 routes[domain] = target
-        return routes if len(routes) == len(value) else INVALID
+        return routes

@@ -35,7 +35,7 @@ class Report:
     def error(self, id: str, message: str, hint: str = "") -> None:
         self.problems.append(Problem(f"reliable_mail.{id}", message, hint))
 
-    def warn(self, id: str, message: str, hint: str = "") -> None:
+    def warn(self, id: str, message: str, hint: str) -> None:
         self.problems.append(Problem(f"reliable_mail.{id}", message, hint, warning=True))
 
     @property
