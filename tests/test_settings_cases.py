@@ -618,12 +618,13 @@ def test_backend_options_are_named_by_their_option_path():
         "MAILERS['default']['OPTIONS']['hots'] is not a known option.",
         "Did you mean 'host'?",
     )
-    # Every option is read, those after an unknown one too.
-    problems = found(provider(), overrides={"ZZZ": 1, "PORT": "x"}, **options)
-    assert [p[1] for p in problems] == [
-        "MAILERS['default']['OPTIONS']['zzz'] is not a known option.",
-        "MAILERS['default']['OPTIONS']['port'] must be an integer, not 'x'.",
-    ]
+    # Every option is read, whatever its neighbours.
+    for overrides in ({"ZZZ": 1, "PORT": "x"}, {"PORT": "x", "ZZZ": 1}):
+        problems = found(provider(), overrides=overrides, **options)
+        assert sorted(p[1] for p in problems) == [
+            "MAILERS['default']['OPTIONS']['port'] must be an integer, not 'x'.",
+            "MAILERS['default']['OPTIONS']['zzz'] is not a known option.",
+        ]
     assert only(provider(), overrides={5: "x"}, **options)[1] == (
         "MAILERS['default']['OPTIONS'][5] is not a known option."
     )
