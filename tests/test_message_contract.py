@@ -6,21 +6,27 @@ MAIL FROM and RCPT TO is read from its command log, the message from its DATA.
 """
 
 import email
+import email.parser
 import email.policy
 import logging
 import re
+import string
 
 import django
 import pytest
 from django.core import mail
 from django.core.mail.backends.smtp import EmailBackend as DjangoSMTPBackend
 from django.test import override_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.exceptions import HeaderInjectionError, InvalidMessageError
 from django_reliable_mail.models import OutboundMessage
-from django_reliable_mail.serialize import serialize
+from django_reliable_mail.plain_mime import BARE_ADDRESS
+from django_reliable_mail.serialize import envelope_address, serialize
 from django_reliable_mail.smtp.transport import wire_format
+from django_reliable_mail.testing import LoopbackSMTPServer
 
 from .test_backend import message, provider_for, reliable_mail
 
@@ -124,6 +130,8 @@ INJECTIONS = [
     ({"subject": "Hi\r\nBcc: victim@example.com"}, "subject"),
     ({"subject": "Hi\rthere"}, "subject"),
     ({"subject": "Hi\x0bthere"}, "subject"),  # Python's email folding breaks lines here too
+    ({"subject": "Hi\x1cthere"}, "subject"),
+    ({"subject": "Hi\x85there"}, "subject"),  # Django 5.2 would fold the subject here
     ({"subject": "Hi\u2028there"}, "subject"),
     ({"headers": {"X-Tag": "a\r\nBcc: victim@example.com"}}, "extra header 'X-Tag'"),
     ({"headers": {"X-Tag\r\nBcc": "victim@example.com"}}, "extra header name 'X-Tag\\r\\nBcc'"),
@@ -313,3 +321,195 @@ def test_an_empty_body_goes_out_empty(smtp_server, django_capture_on_commit_call
     assert data == bytes(OutboundMessage.objects.get().mime)
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert parsed.get_content() == ""
+
+
+# -- generated addresses, against an oracle --------------------------------------------------
+
+ATEXT = string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~"
+INTERNATIONAL = "äöüßéñ日本"  # RFC 6531 atext beyond ASCII (sent with SMTPUTF8)
+DOT_ATOM = re.compile(
+    rf"[{re.escape(ATEXT + INTERNATIONAL)}]+(?:\.[{re.escape(ATEXT + INTERNATIONAL)}]+)*"
+)
+#: Internationalized domains and their A-labels, from published examples (not computed).
+IDNA_DOMAINS = [
+    ("bücher.example", "xn--bcher-kva.example"),
+    ("münchen.de", "xn--mnchen-3ya.de"),
+    ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
+    ("日本.jp", "xn--wgv71a.jp"),
+]
+
+atom = st.text(alphabet=ATEXT, min_size=1, max_size=6) | st.text(
+    alphabet=ATEXT + INTERNATIONAL, min_size=1, max_size=4
+)
+dot_atom = st.lists(atom, min_size=1, max_size=3).map(".".join)
+#: (content, escape this character needlessly?) pairs: RFC 5321 qtextSMTP, quoted-pairSMTP.
+quoted_chars = st.lists(
+    st.tuples(
+        st.characters(min_codepoint=32, max_codepoint=126) | st.sampled_from(INTERNATIONAL),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=12,
+)
+label = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,8}[A-Za-z0-9])?", fullmatch=True)
+ascii_domain = st.lists(label, min_size=1, max_size=3).map(".".join).map(lambda d: (d, d))
+domain = st.one_of(
+    ascii_domain,
+    st.sampled_from(IDNA_DOMAINS),
+    st.sampled_from([("[192.0.2.1]", "[192.0.2.1]"), ("[IPv6:2001:db8::1]", "[IPv6:2001:db8::1]")]),
+)
+
+
+def quoted(pairs) -> tuple[str, str]:
+    """(the local part as written, as the oracle expects it in the envelope)."""
+    content = "".join(c for c, _ in pairs)
+    written = (
+        '"'
+        + "".join(
+            "\\" + c if c in '"\\' or (needless and c.isascii()) else c for c, needless in pairs
+        )
+        + '"'
+    )
+    if DOT_ATOM.fullmatch(content):
+        return written, content  # RFC 5322 3.4.1: the dot-atom form where one exists
+    return written, '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+local_part = st.one_of(dot_atom.map(lambda a: (a, a)), quoted_chars.map(quoted))
+
+
+@st.composite
+def mailboxes(draw) -> tuple[str, str]:
+    """(an RFC 5321 mailbox as a user would write it, the envelope path the oracle expects)."""
+    (local_written, local_expected), (domain_written, domain_expected) = (
+        draw(local_part),
+        draw(domain),
+    )
+    address = f"{local_written}@{domain_written}"
+    wrapping = draw(st.sampled_from(["{}", "Ann <{}>", '"Doe, Ann" <{}>', "<{}>"]))
+    return wrapping.format(address), f"{local_expected}@{domain_expected}"
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(sender=mailboxes(), recipients=st.lists(mailboxes(), min_size=1, max_size=3))
+def test_generated_mailboxes_reach_the_server_as_the_oracle_says(
+    django_capture_on_commit_callbacks, sender, recipients
+):
+    msg = message(from_email=sender[0], to=[r[0] for r in recipients], reply_to=[sender[0]])
+    with LoopbackSMTPServer() as server:  # a fresh log for each example
+        assert sent_through(server, msg, callbacks=django_capture_on_commit_callbacks) == 1
+    assert wire_paths(server, "MAIL FROM") == [sender[1]]
+    assert wire_paths(server, "RCPT TO") == list(dict.fromkeys(r[1] for r in recipients))
+    assert len(server.messages) == 1  # accepted: the server parsed every path
+
+
+@settings(max_examples=400, deadline=None)
+@given(mailbox=mailboxes())
+def test_generated_mailboxes_serialize_to_the_oracles_envelope(mailbox):
+    assert serialize(message(to=[mailbox[0]])).recipients == [mailbox[1]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(address=st.from_regex(BARE_ADDRESS, fullmatch=True))
+def test_the_fast_path_and_the_parser_agree(address):
+    # "<…>" takes the parser; the bare address takes plain_mime's BARE_ADDRESS shortcut.
+    assert envelope_address(f"<{address}>", role="recipient") == address
+    assert envelope_address(address, role="recipient") == address
+
+
+#: Ways to spoil a valid (local part, domain), each refused whatever the parts are.
+SPOILERS = [
+    lambda local, domain: f'"{local}@{domain}',  # a quote left open
+    lambda local, domain: f'{local}"@{domain}',
+    lambda local, domain: f".{local}@{domain}",
+    lambda local, domain: f"{local}.@{domain}",
+    lambda local, domain: f"{local}@@{domain}",
+    lambda local, domain: f"{local}{domain}",
+    lambda local, domain: f"{local}@{domain}\x00",
+    lambda local, domain: f"{local}\x07@{domain}",
+    lambda local, domain: f"{local}@-{domain}",
+    lambda local, domain: f"{local}@{domain}-",
+    lambda local, domain: f"{local}@a..{domain}",
+    lambda local, domain: f"{local}@x_{domain}",
+    lambda local, domain: f"{local}@{'x' * 64}.{domain}",
+    lambda local, domain: f"{local}@{domain} (comment)",
+    lambda local, domain: f"{local}@{domain}, other@example.com",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    local=local_part,
+    domain=ascii_domain,
+    spoil=st.sampled_from(SPOILERS),
+    role=st.sampled_from(["to", "cc", "bcc", "reply_to", "from_email"]),
+)
+def test_generated_invalid_addresses_are_refused_by_name(local, domain, spoil, role):
+    address = spoil(local[0], domain[0])
+    value = address if role == "from_email" else [address]
+    with pytest.raises(InvalidMessageError) as excinfo:
+        serialize(message(**{role: value}))
+    assert repr(address) in str(excinfo.value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(max_size=40) | st.from_regex(r'[a-z"\\ .@<>,()\[\]:]{0,20}', fullmatch=True))
+def test_any_text_is_an_envelope_path_or_invalid_message_error(text):
+    try:
+        (path,) = serialize(message(to=[text or "x"])).recipients
+    except InvalidMessageError as exc:
+        assert repr(text or "x") in str(exc) or "characters long" in str(exc)
+        return
+    # Whatever is accepted is an RFC 5321 path: a dot-string or a quoted string, then a
+    # domain of LDH labels or an address literal.
+    local, _, domain = path.rpartition("@")
+    assert DOT_ATOM_ANY.fullmatch(local) or QUOTED_STRING.fullmatch(local), path
+    assert re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[.+\]", domain), path
+
+
+DOT_ATOM_ANY = re.compile(
+    r'[^\s\x00-\x20\x7f-\x9f"(),.:;<>@\[\\\]]+(\.[^\s\x00-\x20\x7f-\x9f"(),.:;<>@\[\\\]]+)*'
+)
+QUOTED_STRING = re.compile(r'"([ !#-\[\]-~]|[^\x00-\x7f]|\\[ -~])+"')
+
+
+# -- generated headers: refused, or parsed back the same -------------------------------------
+
+#: Headers Django writes itself or treats specially: not extra-header material here.
+OWN = {"from", "to", "cc", "bcc", "reply-to", "date", "message-id", "subject", "mime-version"}
+header_names = st.one_of(
+    st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
+    st.text(alphabet=st.characters(max_codepoint=0x7F), min_size=1, max_size=10),
+    st.text(min_size=1, max_size=10),
+).filter(lambda n: n.lower() not in OWN and not n.lower().startswith("content-"))
+header_values = st.one_of(
+    st.text(max_size=100),
+    st.lists(st.sampled_from(["a", " ", "\t", "\r", "\n", "\r\n", "ü", "=?", "?=", ":"])).map(
+        "".join
+    ),
+)
+
+
+def same_text(text: str) -> str:
+    # Folding and RFC 2047 encoded words may move spaces at the edges and between words.
+    return re.sub(r"[ \t]+", " ", text).strip(" ")
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=header_names, value=header_values, subject=header_values)
+def test_generated_headers_are_refused_or_parse_back_the_same(name, value, subject):
+    from django.core.mail import BadHeaderError
+
+    try:
+        data = serialize(message(subject=subject, headers={name: value})).data
+    except (BadHeaderError, InvalidMessageError) as exc:
+        assert isinstance(exc, InvalidMessageError)  # ours, never one from deep inside
+        return
+    parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+    assert [same_text(str(v)) for v in parsed.get_all(name)] == [same_text(value)]
+    assert same_text(str(parsed["Subject"])) == same_text(subject)
+    assert parsed.get_content().replace("\r\n", "\n").rstrip("\n") == "Hello"
