@@ -57,9 +57,9 @@ def envelope_address(value: Any, *, role: str) -> str:
     The local part is written in its shortest form: a quoted one (``"john doe"@example.com``)
     stays quoted, with only ``"`` and ``\\`` escaped; one that needs no quotes loses them
     (RFC 5322 3.4.1). A non-ASCII local part is kept as it is (it needs SMTPUTF8 when sent);
-    a non-ASCII domain is IDNA-encoded; ``[192.0.2.1]`` and ``[IPv6:…]`` literals are kept.
-    Everything else raises :class:`InvalidMessageError` naming the role and the address,
-    a line break :class:`HeaderInjectionError`.
+    a non-ASCII domain is IDNA-encoded; ``[192.0.2.1]`` and ``[IPv6:…]`` literals are kept
+    (IPv6 in its compressed form). Anything else raises :class:`InvalidMessageError` naming
+    the role, the address and the reason; a line break :class:`HeaderInjectionError`.
     """
     text = str(value or "")
     if BARE_ADDRESS.match(text):  # the common case, without the parser
