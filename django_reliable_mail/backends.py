@@ -72,10 +72,14 @@ class EmailBackend(BaseEmailBackend):
             )
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
-        """Store every message, then deliver after commit. Returns how many were accepted.
+        """Store every message, then deliver after commit. Returns how many were stored.
 
-        A message whose idempotency key was already stored counts as accepted: it is on its
-        way.
+        A message whose idempotency key was already stored counts: it is on its way. A
+        message without recipients is skipped and not counted, as Django's SMTP backend
+        does. Any other invalid message raises :class:`InvalidMessageError` (a header
+        injection :class:`HeaderInjectionError`, Django's ``BadHeaderError``) and stores
+        none of them, or with ``fail_silently`` is skipped and logged; see
+        :func:`delivery.validate`.
         """
         if not email_messages:
             return 0
