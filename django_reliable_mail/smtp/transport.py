@@ -852,7 +852,7 @@ class SMTPSession:
         except BodyStartNotRecorded:
             raise  # the connection is closed already; the caller must stop sending
         except asyncio.CancelledError:
-            self._abandon("cancelled")
+            self.abandon("cancelled")
             raise
         except Exception as exc:
             self._record_failure(result, exc)
@@ -863,7 +863,7 @@ class SMTPSession:
         self.stage = Stage.RSET
         response = await self.smtp.execute_command(b"RSET")
         if not is_success(Stage.RSET, response.code):
-            self._abandon(f"RSET was answered {response.code}")
+            self.abandon(f"RSET was answered {response.code}")
             raise _ConnectionUnusable(
                 f"the connection could not be reset: {response.code} {response.message}",
                 Reply(response.code, response.message),
@@ -943,7 +943,7 @@ class SMTPSession:
                 )
         result.error = error
         self._awaiting_final_reply = False
-        self._abandon("the dialogue broke off")
+        self.abandon("the dialogue broke off")
         self._conclude(result)
 
     def _recipients_per_transaction(self) -> int | None:
@@ -1030,7 +1030,7 @@ class SMTPSession:
             if is_success(Stage.DATA, start.code) or is_unexpected(Stage.DATA, start.code):
                 # The server waits for a body although nothing may be delivered: a "." would
                 # complete an empty message. Closing aborts the transaction (RFC 5321 §3.8).
-                self._abandon(f"DATA was answered {start.code} with no recipient accepted")
+                self.abandon(f"DATA was answered {start.code} with no recipient accepted")
             return
         if not is_success(Stage.DATA, start.code):
             self._fail(accepted, result, Reply(start.code, start.message), Stage.DATA)
@@ -1122,10 +1122,10 @@ class SMTPSession:
             try:
                 await self._before_body()
             except asyncio.CancelledError:
-                self._abandon("cancelled before the body")
+                self.abandon("cancelled before the body")
                 raise
             except Exception as exc:
-                self._abandon("the body could not be marked as started; it was not sent")
+                self.abandon("the body could not be marked as started; it was not sent")
                 raise BodyStartNotRecorded(
                     f"marking the body as started failed, so it was not sent: {exc!r}"
                 ) from exc
@@ -1200,7 +1200,7 @@ class SMTPSession:
                 address, state, reply.code, reply.text, stage.value
             )
         if is_unexpected(stage, reply.code):
-            self._abandon(f"{stage.label} was answered {reply.code}, which it never is")
+            self.abandon(f"{stage.label} was answered {reply.code}, which it never is")
 
     def _next_in_pipeline(self) -> tuple[Envelope, list[bytes]] | None:
         """The next message's MAIL, RCPT and DATA, to follow this body (RFC 2920 §3.1: the
@@ -1253,7 +1253,7 @@ class SMTPSession:
 
     # -- closing --------------------------------------------------------------------------
 
-    def _abandon(self, reason: str) -> None:
+    def abandon(self, reason: str) -> None:
         """Close at once, without QUIT: the server's state is not what we think, or it is
         inside a transaction that must not complete (RFC 5321 §3.8: closing aborts it)."""
         if self.is_open:
