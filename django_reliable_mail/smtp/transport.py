@@ -141,8 +141,10 @@ class MalformedReply(aiosmtplib.SMTPResponseException):
 
     def __init__(self, reason: str, received: bytes | bytearray) -> None:
         self.reason = reason
-        #: The bytes as they came (undecodable ones kept as surrogates, like aiosmtplib's).
-        self.received = bytes(received[:MAX_MALFORMED_KEPT]).decode("utf-8", "surrogateescape")
+        #: What came, its lines joined by newlines like a reply's text (undecodable bytes
+        #: kept as surrogates, like aiosmtplib's).
+        kept = bytes(received[:MAX_MALFORMED_KEPT]).rstrip(b"\r\n").replace(b"\r\n", b"\n")
+        self.received = kept.decode("utf-8", "surrogateescape")
         super().__init__(-1, reason)
 
 
