@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import socket
 import ssl
+import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 STAGES = (
@@ -148,6 +150,13 @@ class HostileServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._command_arrived = asyncio.Event()
+
+    async def wait_for_command(self, prefix: str) -> None:
+        """Until a command starting with ``prefix`` has arrived."""
+        while not any(c.startswith(prefix) for c in self.log.commands):
+            self._command_arrived.clear()
+            await self._command_arrived.wait()
 
     async def start(self) -> HostileServer:
         self._server = await asyncio.start_server(self._handle, self.host, 0)
@@ -219,6 +228,7 @@ class _Connection:
         while line := await self.reader.readline():
             command = line.rstrip(b"\r\n")
             self.server.log.commands.append(command.decode("utf-8", "replace"))
+            self.server._command_arrived.set()
             verb = command.split(b" ", 1)[0].upper()
             handler = getattr(self, f"on_{verb.decode('ascii', 'replace').lower()}", None)
             if handler is None:
@@ -396,3 +406,27 @@ def _b64(data: bytes) -> bytes:
 def _address(command: bytes) -> str:
     found = re.search(rb"<([^>]*)>", command)
     return found.group(1).decode("utf-8", "replace") if found else ""
+
+
+@contextlib.contextmanager
+def serving_in_a_thread(server: HostileServer) -> Iterator[HostileServer]:
+    """Run ``server`` on an event loop of its own, for synchronous callers (Django)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, name="hostile-smtp", daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
