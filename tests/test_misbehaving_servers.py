@@ -172,7 +172,8 @@ async def test_a_multi_line_reply_with_mixed_codes(stage, reply):
 
 
 @pytest.mark.parametrize(
-    "line", [b"-12 minus", b" 12 space", b"099 low", b"600 high", b"1000 long", b"2x0 hex"]
+    "line",
+    [b"-12 minus", b" 12 space", b"099 low", b"199 low", b"600 high", b"1000 long", b"2x0 hex"],
 )
 async def test_codes_outside_200_to_599(line):
     async with HostileServer(script={("mail", 0): send(line + b"\r\n")}) as server:

@@ -71,6 +71,10 @@ def test_a_rule_decides_a_failure():
 def test_a_rule_cannot_say_ok():
     with pytest.raises(ValueError, match="cannot make a reply a success"):
         ReplyRule(Verdict.OK, code="252")
+    # Nor one that got its "ok" past the check.
+    forged = ReplyRule(Verdict.PERMANENT, code="252")
+    object.__setattr__(forged, "verdict", Verdict.OK)
+    assert judge(Stage.RCPT, Reply(252, "maybe"), [forged]).verdict == Verdict.TRANSIENT
 
 
 async def test_251_to_rcpt_accepts():
