@@ -327,3 +327,57 @@ def test_latin1_and_nul_replies_are_stored(django_capture_on_commit_callbacks):
         "5.1.1 Empf\\xe4nger unbekannt"
     )
     assert "\\xe4" in attempt.transcript and attempt.queue_id == "4BF1F3E2A"
+
+
+async def test_a_positive_greeting_other_than_220():
+    async with HostileServer(script={("greeting", 0): send(b"250 welcome\r\n")}) as server:
+        result = await one(server)
+    assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
+    assert result.reply_code == 250 and "greeting was not 220" in result.error
+    assert server.log.commands == []  # not even QUIT: what the server expects is unknown
+
+
+async def test_ehlo_answered_other_than_250_falls_back_to_helo():
+    script = {("ehlo", 0): send(b"220 hello again\r\n")}
+    async with HostileServer(script=script) as server:
+        result = await one(server)
+    assert [c.split()[0] for c in server.log.commands[:2]] == ["EHLO", "HELO"]
+    assert result.outcome == Outcome.ACCEPTED
+    assert result.extensions_advertised == []  # HELO: no extensions
+
+
+async def test_helo_answered_other_than_250_is_a_provider_failure():
+    script = {("ehlo", 0): send(b"502 5.5.1 no EHLO\r\n"), ("ehlo", 1): send(b"220 hm\r\n")}
+    async with HostileServer(script=script) as server:
+        result = await one(server)
+    assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
+    assert result.reply_code == 220 and no_body_went_out(server)
+
+
+async def test_starttls_answered_250_sends_nothing_in_clear(tls):
+    script = {("starttls", 0): send(b"250 sure\r\n")}
+    server = HostileServer(script=script, tls_context=tls[0], users={USERNAME: PASSWORD})
+    async with server:
+        result = await one(
+            server, tls="starttls", ca_file=tls[1], username=USERNAME, password=PASSWORD
+        )
+    assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
+    assert result.reply_code == 250 and server.log.auth_payloads == []
+    assert not any(c.startswith(("AUTH", "MAIL")) for c in server.log.commands)
+
+
+async def test_a_334_that_ends_auth_plain_is_a_failure_and_the_connection_dropped(tls):
+    # The server waits for more: a QUIT now would be read as an AUTH answer.
+    script = {("auth", 0): send(b"334 \r\n")}
+    server = HostileServer(script=script, tls_context=tls[0], users={USERNAME: PASSWORD})
+    async with server:
+        result = await one(
+            server,
+            tls="starttls",
+            ca_file=tls[1],
+            username=USERNAME,
+            password=PASSWORD,
+            auth_mechanisms=("PLAIN",),
+        )
+    assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
+    assert result.reply_code == 334 and "QUIT" not in server.log.commands
