@@ -381,3 +381,13 @@ async def test_a_334_that_ends_auth_plain_is_a_failure_and_the_connection_droppe
         )
     assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
     assert result.reply_code == 334 and "QUIT" not in server.log.commands
+
+
+async def test_a_250_to_the_final_dot_then_a_hang_up_is_accepted():
+    # Found by the fuzzer (as a flaw of the test server's log, since fixed): the server
+    # answered 250 and hung up at once; the message is the server's, and says so.
+    script = {("end_of_data", 0): send(b"250 ok\r\n", hang_up=True)}
+    async with HostileServer(script=script) as server:
+        result = await one(server)
+    assert result.outcome == Outcome.ACCEPTED
+    assert server.log.jobs_delivered() == {"1": ["a@example.com"]}
