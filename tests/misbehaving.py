@@ -18,16 +18,19 @@ GARBAGE = b"HELLO, THIS IS NOT SMTP\r\n"
 
 class MisbehavingServer:
     """``greeting``: what is sent on accept (None: close at once); ``final_reply``: the
-    reply to the end of DATA, given the message's bytes."""
+    reply to the end of DATA, given the message's bytes; ``drop_at_ehlo``: close the
+    connection when EHLO comes."""
 
     def __init__(
         self,
         *,
         greeting: bytes | None = GREETING,
         final_reply: Callable[[bytes], bytes] = lambda data: b"250 2.0.0 queued as Q1\r\n",
+        drop_at_ehlo: bool = False,
     ) -> None:
         self.greeting = greeting
         self.final_reply = final_reply
+        self.drop_at_ehlo = drop_at_ehlo
         self.connections = 0
         self.messages: list[bytes] = []
         self.host = "127.0.0.1"
@@ -75,6 +78,8 @@ class MisbehavingServer:
             elif verb == b"QUIT":
                 writer.write(b"221 bye\r\n")
                 await writer.drain()
+                return
+            elif verb == b"EHLO" and self.drop_at_ehlo:
                 return
             elif verb == b"EHLO":
                 writer.write(b"250-misbehaving.test\r\n250 8BITMIME\r\n")
