@@ -99,6 +99,32 @@ def test_the_decision_matches_the_oracle(
     assert decision.reason == ""
 
 
+@given(
+    attempts=st.integers(1, 12),
+    seed=st.integers(0, 2**32),
+    hint=st.none() | st.integers(0, 7200),
+)
+def test_after_an_attempt_the_wait_is_the_backoff_with_its_jitter(attempts, seed, hint):
+    import random
+
+    from django_reliable_mail.retry import retry_delay
+
+    policy = RetryPolicy(max_attempts=20, jitter=0.2)
+    decision = decide(
+        attempts=attempts,
+        counted=True,
+        created_at=NOW,
+        now=NOW,
+        policy=policy,
+        unknown_outcome="retry",
+        outcome="transient_failure",
+        hint_seconds=hint,
+        rng=random.Random(seed),
+    )
+    wait = retry_delay(policy, attempts, hint_seconds=hint, rng=random.Random(seed))
+    assert decision.retry_at == NOW + timedelta(seconds=wait)
+
+
 def test_the_waiting_status_says_whether_the_message_was_tried():
     assert lifecycle.waiting_status(0) == Status.QUEUED
     assert lifecycle.waiting_status(1) == Status.RETRYING
@@ -168,7 +194,19 @@ def expire(row):
 
 
 def via_recording(config, row):
-    record(row, transient_failure(row), provider=config.provider("main"), config=config)
+    attempt = record(row, transient_failure(row), provider=config.provider("main"), config=config)
+    assert attempt == row.attempts.get() and attempt.outcome == "transient_failure"
+
+
+def via_recording_unknown(config, row):
+    """The connection was lost after the body: the server may have the message."""
+    result = transient_failure(row)
+    result.outcome = Outcome.UNKNOWN
+    result.recipients = {
+        a: RecipientResult(a, "unknown", None, "lost", "data") for a in result.recipients
+    }
+    attempt = record(row, result, provider=config.provider("main"), config=config)
+    assert attempt == row.attempts.get() and attempt.outcome == "unknown"
 
 
 def via_lease_recovery(config, row):
@@ -191,6 +229,9 @@ PATHS = [
     (via_recording, True, 0, 10, "retry", Status.RETRYING, "backoff"),
     (via_recording, True, MAX_ATTEMPTS - 1, 10, "retry", Status.FAILED, None),
     (via_recording, True, 0, MAX_AGE + 1, "retry", Status.FAILED, None),
+    (via_recording_unknown, True, 0, 10, "retry", Status.RETRYING, "backoff"),
+    (via_recording_unknown, True, MAX_ATTEMPTS - 1, 10, "retry", Status.FAILED, None),
+    (via_recording_unknown, True, MAX_ATTEMPTS - 1, 10, "hold", Status.HELD, None),
     # A worker that vanished after the body: an unknown attempt, counted, limits apply.
     (via_lease_recovery, True, 0, 10, "retry", Status.RETRYING, "backoff"),
     (via_lease_recovery, True, MAX_ATTEMPTS - 1, 10, "retry", Status.FAILED, None),
@@ -234,10 +275,15 @@ def test_each_path_back_to_waiting_applies_the_policy(
     assert row.attempts.count() == counted
     if counted and path is not via_recording:
         assert row.attempts.get().possible_duplicate
+    if status == Status.FAILED:
+        limit = "MAX_ATTEMPTS is 3" if age < MAX_AGE else "older than MAX_AGE_SECONDS (3600 s)"
+        assert row.last_error.startswith(f"gave up after {row.attempt_count} attempt(s) ({limit})")
+    elif status == Status.HELD:
+        assert row.last_error.startswith("held for an operator (UNKNOWN_OUTCOME is 'hold')")
+    elif path in (via_recording, via_recording_unknown):
+        assert row.last_error == "451 4.3.0 later"
     if due is None:
         assert row.next_attempt_at is None
-        if status == Status.FAILED:
-            assert "gave up after" in row.last_error
         return
     if due == "now":
         assert before <= row.next_attempt_at <= timezone.now()

@@ -12,9 +12,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from django_reliable_mail import delivery, tasks
+from django_reliable_mail import delivery, signals, tasks
 from django_reliable_mail.backends import EmailBackend
+from django_reliable_mail.conf import get_config
+from django_reliable_mail.delivery.recording import record
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
+from django_reliable_mail.smtp.transport import AttemptResult, RecipientResult
 
 from .test_backend import message, provider_for
 from .test_queue import queue_async, queue_config
@@ -32,6 +35,8 @@ REFUSE_DOOMED = (
     f"EXISTS (SELECT 1 FROM {MESSAGES} m WHERE m.id = NEW.message_id AND m.subject LIKE '%doomed%')"
 )
 REFUSE_DOOMED_BUT_UNKNOWN = f"{REFUSE_DOOMED} AND NEW.outcome <> 'unknown'"
+#: All of them but lease recovery's (whose texts are all ours).
+REFUSE_DOOMED_BUT_RECOVERY = f"{REFUSE_DOOMED} AND NEW.error NOT LIKE 'the worker stopped%'"
 
 
 @pytest.fixture
@@ -88,6 +93,23 @@ def config_for(server, smtp_process="never", **retry):
     }
 
 
+def refused_chunk(line, *, reduced, recovered):
+    """Whether ``line`` logs a refused chunk with these messages reduced and recovered,
+    and the rest of it stored in full."""
+    found = re.fullmatch(
+        r"storing a chunk of (\d+) attempt\(s\) failed; stored one by one: (\d+) in full, "
+        r"reduced \(without transcript and replies\): (.*), left to lease recovery: (.*)",
+        line,
+    )
+    assert found, line
+    size, full = int(found[1]), int(found[2])
+    return (
+        full == size - len(reduced) - len(recovered)
+        and found[3] == (str(reduced) if reduced else "none")
+        and found[4] == (str(recovered) if recovered else "none")
+    )
+
+
 def copies(server):
     return Counter(SUBJECT.search(data).group(1).decode().strip() for data in server.messages)
 
@@ -123,8 +145,17 @@ def test_a_refused_attempt_is_stored_reduced_and_the_chunk_as_usual(
     EmailBackend().send_messages([message(subject=s) for s in subjects])
     refuse(REFUSE_MARKED_REPLIES)
 
-    with caplog.at_level(logging.ERROR, logger="django_reliable_mail.delivery.recording"):
-        summary = delivery.deliver_due(limit=10)
+    announced = []
+
+    def note(sender, message, attempt, **kwargs):
+        announced.append(message.subject)
+
+    signals.attempt_finished.connect(note)
+    try:
+        with caplog.at_level(logging.INFO, logger="django_reliable_mail.delivery.recording"):
+            summary = delivery.deliver_due(limit=10)
+    finally:
+        signals.attempt_finished.disconnect(note)
 
     assert (summary.attempts, summary.sent) == (5, 5)
     assert_nothing_in_sending()
@@ -135,25 +166,33 @@ def test_a_refused_attempt_is_stored_reduced_and_the_chunk_as_usual(
     for subject, row in rows.items():
         (attempt,) = row.attempts.all()
         assert attempt.outcome == "accepted" and not attempt.possible_duplicate
+        assert (attempt.provider, attempt.host) == ("main", "127.0.0.1")
         if subject == "marked":
             # Reduced: what the server said is not kept, and the attempt says why.
             assert (attempt.reply_code, attempt.reply_text, attempt.transcript) == (250, "", "")
-            assert "could not be stored" in attempt.error
+            assert attempt.recipient_replies == {} and attempt.reply_enhanced_code == ""
+            assert re.match(
+                r"the transcript and the server's replies could not be stored "
+                r"\(\w+Error: attempt row refused",
+                attempt.error,
+            ), attempt.error
             assert "could not be stored" in row.recipient_statuses.get().reply_text
             assert row.recipient_statuses.get().state == "accepted"
         else:
             assert attempt.reply_text == "ok Q1" and "MAIL FROM" in attempt.transcript
+    # Every attempt announced once (signal and log line), the reduced one too.
+    assert sorted(announced) == sorted(subjects)
+    for row in rows.values():
+        assert caplog.text.count(f"message {row.pk} attempt 1 via main: accepted") == 1
     # One log line for the chunk, with the database's error, not one per message.
     refused = [r for r in caplog.records if "storing a chunk" in r.getMessage()]
     assert len(refused) == 1 and refused[0].exc_info is not None
-    assert f"reduced (without transcript and replies): [{rows['marked'].pk}]" in (
-        refused[0].getMessage()
-    )
+    assert refused_chunk(refused[0].getMessage(), reduced=[rows["marked"].pk], recovered=[])
 
 
 @pytest.mark.parametrize("smtp_process", ["never", "always"])
 def test_an_attempt_refused_even_reduced_goes_to_lease_recovery_flagged(
-    misbehaving_server, refuse, settings, smtp_process
+    misbehaving_server, refuse, settings, caplog, smtp_process
 ):
     """The database refuses every attempt of one message but an ``unknown`` one: it leaves
     sending through lease recovery, flagged, and is given up at MAX_ATTEMPTS (2) instead of
@@ -164,8 +203,13 @@ def test_an_attempt_refused_even_reduced_goes_to_lease_recovery_flagged(
     EmailBackend().send_messages([message(subject=s) for s in ["m0", "doomed", "m2"]])
     refuse(REFUSE_DOOMED_BUT_UNKNOWN)
 
-    for _ in range(4):  # more rounds than MAX_ATTEMPTS allows
+    for round_ in range(4):  # more rounds than MAX_ATTEMPTS allows
+        caplog.clear()
         delivery.deliver_due(limit=10)
+        doomed = OutboundMessage.objects.get(subject="doomed")
+        if round_ < 2:
+            (line,) = [r.getMessage() for r in caplog.records if "storing a" in r.getMessage()]
+            assert refused_chunk(line, reduced=[], recovered=[doomed.pk])
         assert_nothing_in_sending()
         assert tasks.dispatch().startswith("recovered 0 expired lease(s)")
         doomed = OutboundMessage.objects.get(subject="doomed")
@@ -252,3 +296,102 @@ def test_a_reply_the_database_cannot_store_as_text(misbehaving_server, settings)
     for row in OutboundMessage.objects.all():
         (attempt,) = row.attempts.all()
         assert attempt.outcome == "accepted" and attempt.reply_code == 250
+
+
+# -- the fallback, one call at a time -------------------------------------------------------
+
+
+def claimed_pair(settings, **provider):
+    settings.RELIABLE_MAIL = queue_config(
+        main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none", **provider}
+    )
+    queue_async(settings)
+    EmailBackend().send_messages(
+        [message(subject="doomed", to=["a@example.com", "b@example.com"]), message(subject="x")]
+    )
+    config = get_config()
+    claimed = {m.subject: m for m in delivery.claim(config=config)}
+    return config, claimed["doomed"], claimed["x"]
+
+
+def result_for(addresses, *, outcome, body_sent, state):
+    return AttemptResult(
+        outcome=outcome,
+        host="127.0.0.1",
+        recipients={a: RecipientResult(a, state, 250, "2.0.0 ok", "data") for a in addresses},
+        reply_code=250,
+        reply_text="2.0.0 ok",
+        body_sent=body_sent,
+        transcript="250 2.0.0 ok",
+    )
+
+
+def test_a_chunk_refused_once_is_stored_in_full_counted_once(settings, monkeypatch, caplog):
+    """The database refuses the chunk after the messages were moved on in memory: they are
+    put back as they were, so the retry counts the attempt once and leaves alone what the
+    attempt did not touch (a recipient accepted earlier)."""
+    from django.db import DataError
+
+    from django_reliable_mail.delivery import recording
+
+    config, doomed, _ = claimed_pair(settings)
+    first = doomed.recipient_rows[0]
+    first.state, first.reply_text = "accepted", "accepted earlier"
+    first.save()
+    doomed.attempt_count = 1
+    update = recording.rows.update
+    calls = []
+
+    def refuse_once(model, objects, names):
+        calls.append(model)
+        if model is OutboundMessage and calls.count(OutboundMessage) == 1:
+            raise DataError("refused once")
+        return update(model, objects, names)
+
+    monkeypatch.setattr(recording.rows, "update", refuse_once)
+    result = result_for(["b@example.com"], outcome="accepted", body_sent=True, state="accepted")
+    attempt = record(doomed, result, provider=config.provider("main"), config=config)
+
+    row = OutboundMessage.objects.get(pk=doomed.pk)
+    assert attempt == row.attempts.get() and attempt.transcript == "250 2.0.0 ok"
+    assert (row.status, row.attempt_count) == (Status.SENT, 2)
+    states = {s.address: (s.state, s.reply_text) for s in row.recipient_statuses.all()}
+    assert states == {
+        "a@example.com": ("accepted", "accepted earlier"),
+        "b@example.com": ("accepted", "2.0.0 ok"),
+    }
+    assert "stored one by one: 1 in full" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("outcome", "body_sent", "flagged"),
+    [
+        ("accepted", True, True),
+        ("unknown", False, True),  # lost while the body was being written
+        ("transient_failure", False, False),  # refused before DATA: never went out
+    ],
+)
+def test_the_last_resort_flags_what_may_have_gone_out_and_only_that_message(
+    settings, refuse, outcome, body_sent, flagged
+):
+    config, doomed, other = claimed_pair(settings, RETRY={"BASE_SECONDS": 60, "JITTER": 0})
+    refuse(REFUSE_DOOMED_BUT_RECOVERY)
+    state = {"accepted": "accepted", "unknown": "unknown"}.get(outcome, "deferred")
+    result = result_for(doomed.recipients, outcome=outcome, body_sent=body_sent, state=state)
+    attempt = record(doomed, result, provider=config.provider("main"), config=config)
+
+    assert attempt is None
+    row = OutboundMessage.objects.get(pk=doomed.pk)
+    if flagged:
+        assert list(row.attempts.values_list("outcome", "possible_duplicate")) == [
+            ("unknown", True)
+        ]
+        assert (row.status, row.attempt_count) == (Status.RETRYING, 1)
+        assert row.next_attempt_at > timezone.now() + timedelta(seconds=50)
+    else:
+        assert not row.attempts.exists()
+        assert (row.status, row.attempt_count) == (Status.QUEUED, 0)
+        assert row.next_attempt_at <= timezone.now()
+    # The rest of the claim is not touched.
+    other = OutboundMessage.objects.get(pk=other.pk)
+    assert other.status == Status.SENDING and other.lease_expires_at > timezone.now()

@@ -42,7 +42,7 @@ class Decision:
     next: Next
     #: When the message is due again (``RETRY`` only).
     retry_at: datetime | None = None
-    #: Why it fails or is held, naming the setting ("" for a retry).
+    #: Why it fails or is held, naming the setting ("" for a retry): "MAX_ATTEMPTS is 8".
     reason: str = ""
 
 
@@ -66,7 +66,7 @@ def decide(
     without an attempt.
     """
     if outcome == Outcome.UNKNOWN and unknown_outcome == "hold":
-        return Decision(Next.HOLD, reason="held for an operator (UNKNOWN_OUTCOME is 'hold')")
+        return Decision(Next.HOLD, reason="UNKNOWN_OUTCOME is 'hold'")
     if counted and should_give_up(policy, attempts_so_far=attempts, created_at=created_at, now=now):
         if attempts >= policy.max_attempts:
             why = f"MAX_ATTEMPTS is {policy.max_attempts}"

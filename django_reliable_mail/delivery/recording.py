@@ -104,8 +104,9 @@ def record_batch(
     database refused a row: see the module's docstring.
     """
     now = now or timezone.now()
-    store = _Store(provider=provider, config=config, now=now)
-    store.build = return_attempts or _attempts_wanted()
+    store = _Store(
+        provider=provider, config=config, now=now, build=return_attempts or _attempts_wanted()
+    )
     try:
         stored = store.chunk(items)
     except STORE_ERRORS as exc:
@@ -130,7 +131,6 @@ def _announce(stored: _Stored) -> None:
 _REDUCED_FIELDS = (
     "message_id",
     "number",
-    "provider",
     "started_at",
     "finished_at",
     "port",
@@ -145,11 +145,14 @@ class _Store:
     """Stores chunks of attempts for one provider; a chunk the database refuses is stored
     again one message at a time."""
 
-    def __init__(self, *, provider: ProviderConfig, config: Config, now: datetime) -> None:
+    def __init__(
+        self, *, provider: ProviderConfig, config: Config, now: datetime, build: bool
+    ) -> None:
         self.provider = provider
         self.config = config
         self.now = now
-        self.build = True
+        #: Whether to build attempt instances (for the caller, or a signal's receivers).
+        self.build = build
 
     def chunk(
         self, items: Sequence[tuple[OutboundMessage, AttemptResult]], *, refused: str = ""
@@ -455,8 +458,8 @@ def _apply(message: OutboundMessage, decision: Decision, *, error: str) -> None:
     if decision.next == Next.HOLD:
         message.status = Status.HELD
         message.last_error = (
-            "held for an operator: the connection was lost after the body was sent, "
-            "so the server may have the message. " + error
+            f"held for an operator ({decision.reason}): the connection was lost after the "
+            f"body was sent, so the server may have the message. {error}"
         )
     elif decision.next == Next.FAIL:
         message.status = Status.FAILED

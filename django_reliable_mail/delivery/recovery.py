@@ -176,7 +176,7 @@ def _record_lost_worker(
     )
     status, error = {
         Next.RETRY: (Status.RETRYING, LOST_WORKER),
-        Next.HOLD: (Status.HELD, "held for an operator: " + LOST_WORKER),
+        Next.HOLD: (Status.HELD, f"held for an operator ({decision.reason}): {LOST_WORKER}"),
         Next.FAIL: (
             Status.FAILED,
             f"gave up after {attempts} attempt(s) ({decision.reason}): {LOST_WORKER}",

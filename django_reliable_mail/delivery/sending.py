@@ -155,8 +155,8 @@ def _deliver_group(
     # in memory, however many messages pass through it.
     in_flight = {m.pk: m for m in messages}
     summary = RunSummary()
+    group_config, mailer = config, key[1]
     try:
-        mailer = key[1]
         group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
         database = _BatchDatabase(
             key,
@@ -168,7 +168,7 @@ def _deliver_group(
         )
         _send_group(database, messages, keep_going_seconds=keep_going_seconds)
     except Exception as exc:
-        summary.recovered += _abort(key[0], in_flight, config=config, error=exc)
+        summary.recovered += _abort(key[0], in_flight, config=group_config, error=exc)
     return summary
 
 
