@@ -72,27 +72,42 @@ def retry(
             message.recipient_statuses.exclude(state=RecipientStatus.State.ACCEPTED).update(
                 state=RecipientStatus.State.PENDING
             )
-            detail = []
-            if provider is not None and provider != message.provider:
-                detail.append(f"through provider {provider!r} (was {message.provider!r})")
-            if disabled:
-                detail.append("once without " + ", ".join(disabled))
-            beyond = _beyond_the_limits(
-                message, config=config, provider=provider or message.provider, now=now
-            )
-            if beyond:
-                detail.append(beyond)
             MessageEvent.objects.create(
                 message=message,
                 actor=actor,
                 action="retry" if not provider else "reroute",
-                detail="; ".join(detail),
+                detail=_retry_detail(
+                    message, provider=provider, disabled=disabled, config=config, now=now
+                ),
             )
             requeued.append(message.pk)
     if requeued:
         ids = list(requeued)
         transaction.on_commit(lambda: _wake(ids))
     return requeued
+
+
+def _retry_detail(
+    message: OutboundMessage,
+    *,
+    provider: str | None,
+    disabled: list[str],
+    config: Config,
+    now: datetime,
+) -> str:
+    """What the retry's event says beyond "retry": the new provider, the extensions left
+    out, and whether it overrides the give-up policy."""
+    detail = []
+    if provider is not None and provider != message.provider:
+        detail.append(f"through provider {provider!r} (was {message.provider!r})")
+    if disabled:
+        detail.append("once without " + ", ".join(disabled))
+    beyond = _beyond_the_limits(
+        message, config=config, provider=provider or message.provider, now=now
+    )
+    if beyond:
+        detail.append(beyond)
+    return "; ".join(detail)
 
 
 def _beyond_the_limits(

@@ -204,3 +204,31 @@ def test_a_helper_that_crashes_mid_batch_returns_messages_not_due_under_the_poli
             assert row.status == Status.FAILED and "MAX_ATTEMPTS is 1" in row.last_error
         else:
             assert row.status == Status.QUEUED and row.next_attempt_at >= pause_end
+
+
+@pytest.mark.parametrize("by_ids", [False, True])
+def test_one_providers_failed_batch_does_not_stop_the_others(
+    misbehaving_server, smtp_server, settings, by_ids
+):
+    broken, good = misbehaving_server(greeting=GARBAGE), smtp_server()
+    settings.RELIABLE_MAIL = {
+        "DEFAULT_PROVIDER": "broken",
+        "MODE": "queue",
+        "SMTP_PROCESS": "never",
+        "PROVIDERS": {"broken": provider_for(broken), "good": provider_for(good)},
+    }
+    queue_async(settings)
+    mails = [message(subject=f"m{i}") for i in range(4)]
+    for mail in mails[2:]:
+        mail.reliable_mail = {"provider": "good"}
+    EmailBackend().send_messages(mails)
+    if by_ids:
+        summary = delivery.deliver_messages(OutboundMessage.objects.values_list("pk", flat=True))
+    else:
+        summary = delivery.deliver_due(limit=10)
+    assert summary.sent == 2 and len(good.messages) == 2
+    by_provider = dict(OutboundMessage.objects.values_list("subject", "status"))
+    assert by_provider == {"m0": "queued", "m1": "queued", "m2": "sent", "m3": "sent"}
+    assert list(ProviderState.objects.filter(degraded_until__isnull=False).values_list("name")) == [
+        ("broken",)
+    ]
