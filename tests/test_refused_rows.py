@@ -361,6 +361,8 @@ def test_a_chunk_refused_once_is_stored_in_full_counted_once(settings, monkeypat
         "b@example.com": ("accepted", "2.0.0 ok"),
     }
     assert "stored one by one: 1 in full" in caplog.text
+    # In memory too (signal receivers get these objects): as stored.
+    assert [(s.state, s.reply_text) for s in doomed.recipient_rows] == list(states.values())
 
 
 @pytest.mark.parametrize(
@@ -395,3 +397,4 @@ def test_the_last_resort_flags_what_may_have_gone_out_and_only_that_message(
     # The rest of the claim is not touched.
     other = OutboundMessage.objects.get(pk=other.pk)
     assert other.status == Status.SENDING and other.lease_expires_at > timezone.now()
+    assert other.body_started_at is None and not other.attempts.exists()
