@@ -19,7 +19,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 
 from . import delivery, tasks
-from .conf import DJANGO_OPTION_ALIASES, PROVIDER_DEFAULTS, config_with_options
+from .conf import DJANGO_OPTION_ALIASES, PROVIDER_DEFAULTS, Config, config_with_options
 from .exceptions import ReliableMailConfigError
 from .transactions import writing
 
@@ -111,7 +111,17 @@ class EmailBackend(BaseEmailBackend):
         if ids and not queue_here:
             if self.config.mode == "immediate":
                 config = self.config
-                transaction.on_commit(lambda: delivery.deliver_messages(ids, config=config))
+                transaction.on_commit(lambda: _deliver_now(ids, config=config))
             else:
                 transaction.on_commit(lambda: tasks.wake(ids))
         return len(prepared)
+
+
+def _deliver_now(ids: list[int], *, config: Config) -> None:
+    """Immediate mode's first attempt, after the commit. Whatever a server or the database
+    does then never reaches the ``send_mail()`` caller: the messages are stored, and what
+    this attempt could not do, the dispatcher does (due messages, expired leases)."""
+    try:
+        delivery.deliver_messages(ids, config=config)
+    except Exception:
+        logger.exception("sending message(s) %s now failed; they wait in the queue", ids)

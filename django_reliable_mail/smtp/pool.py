@@ -4,8 +4,8 @@ Up to ``max_connections`` sessions run side by side (asyncio); each takes the ne
 sends it, and reconnects after ``max_messages_per_connection`` messages, at the server's
 MAILMAX, or when the connection breaks. While a body goes out, a session takes its next
 message already, so that message's commands can follow the body (PIPELINING). A
-provider-level failure stops the whole batch: the messages not yet tried come back
-untouched.
+provider-level failure, or a connection that cannot be set up, stops the whole batch: the
+messages not yet tried come back untouched.
 
 With ``refill``, the batch is a stream: when few messages are left, the next ones are asked
 for while the connections keep sending, so claiming overlaps sending and the connections
@@ -219,8 +219,10 @@ class _Connection:
         self.session = None
         result.transcript = session.transcript.render()
         batch.finished(job, result)
-        if failure.provider_level:
-            batch.stop()
+        # A connection that cannot be set up says nothing about the message, and the next
+        # one would most likely fail alike: stop the batch rather than open one connection
+        # per message.
+        batch.stop()
         return False
 
     async def _send(self, job: Job) -> None:
