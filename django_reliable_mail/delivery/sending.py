@@ -290,12 +290,6 @@ class _BatchDatabase:
 
     def record(self, chunk: list[tuple[int, AttemptResult]]) -> None:
         items = [(self.in_flight[pk], result) for pk, result in chunk]
-        for _, result in items:
-            if failed_at_setup(result):
-                # No connection, so nothing said about this message: the provider's failure,
-                # whatever the session made of it (a server that drops us at EHLO would
-                # otherwise use up every message's attempts, one connection each).
-                result.provider_level = True
         record_batch(items, provider=self.provider, config=self.config, return_attempts=False)
         summary = self.summary
         for message, result in items:
@@ -392,16 +386,6 @@ def _return_unfinished(messages: list[OutboundMessage], *, config: Config, until
         pk__in=ids, claim_token__in=tokens, status=Status.SENDING
     ).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     return recover_expired_leases(config=config, ids=ids, not_before=until)
-
-
-def failed_at_setup(result: AttemptResult) -> bool:
-    """The attempt ended before its connection was set up (every recipient at the
-    ``connect`` stage): nothing in it is about the message."""
-    return (
-        not result.body_sent
-        and bool(result.recipients)
-        and all(r.stage == "connect" for r in result.recipients.values())
-    )
 
 
 def _count(summary: RunSummary, status: str) -> None:

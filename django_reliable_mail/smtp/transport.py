@@ -549,10 +549,12 @@ class SMTPSession:
             ) from exc
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             self._close()
+            # Nothing about the message was said yet: the provider's failure. A server that
+            # drops every connection at EHLO would otherwise use up every message's attempts.
             raise SMTPFailure(
                 f"connection failed during set-up ({self.stage.label}): {exc}",
                 outcome=Outcome.TRANSIENT_FAILURE,
-                provider_level=False,
+                provider_level=True,
             ) from exc
         except Exception as exc:
             self._close()
