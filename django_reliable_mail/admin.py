@@ -2,19 +2,22 @@
 POST-only actions, and a dashboard.
 
 Everything a server or a message can contain is rendered through Django's escaping; message
-bodies are only reachable with the ``view_message_body`` permission.
+bodies are only reachable with the ``view_message_body`` permission. Every URL that names a
+row checks the permission first and answers 404 for an id that is malformed or names no row,
+so a user without the permission cannot tell which rows exist.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.db.models import Q
-from django.http import HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Model, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
@@ -67,6 +70,16 @@ class DisableExtensionsForm(forms.Form):
     )
 
 
+def row_or_404(queryset: QuerySet, object_id: str) -> Model:
+    """The row an admin URL's id names, or 404 for an id that is malformed or names no row
+    (Django's admin redirects to its index instead, and ``get(pk="abc")`` is a 500)."""
+    model = queryset.model
+    try:
+        return queryset.get(pk=model._meta.pk.to_python(unquote(object_id)))
+    except (model.DoesNotExist, ValidationError, ValueError):
+        raise Http404(f"No {model._meta.verbose_name} with this id.") from None
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Records are written by delivery and by operator actions, never edited by hand."""
 
@@ -78,6 +91,26 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def viewable_object(self, request: HttpRequest, object_id: str) -> Model:
+        """The permission refusal first, then the row or 404: the same 403 whether or not the
+        row exists (Django's history view reports a missing row before the permission)."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        return row_or_404(self.get_queryset(request), object_id)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.viewable_object(request, object_id)
+        context = {**self.change_context(request, obj), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, context)
+
+    def change_context(self, request: HttpRequest, obj: Model) -> dict[str, Any]:
+        """Template context for ``obj``'s change page, besides the admin's own."""
+        return {}
+
+    def history_view(self, request, object_id, extra_context=None):
+        self.viewable_object(request, object_id)
+        return super().history_view(request, object_id, extra_context)
 
 
 @admin.register(OutboundMessage)
@@ -234,38 +267,40 @@ class OutboundMessageAdmin(ReadOnlyAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("dashboard/", wrap(self.dashboard_view), name="{}_{}_dashboard".format(*info)),
-            path("<int:pk>/eml/", wrap(self.eml_view), name="{}_{}_eml".format(*info)),
-            path("<int:pk>/operate/", wrap(self.operate_view), name="{}_{}_operate".format(*info)),
+            # <path:…> as Django's own admin URLs: any id reaches the view, which answers 404.
+            path("<path:object_id>/eml/", wrap(self.eml_view), name="{}_{}_eml".format(*info)),
+            path(
+                "<path:object_id>/operate/",
+                wrap(self.operate_view),
+                name="{}_{}_operate".format(*info),
+            ),
             *super().get_urls(),
         ]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        message = get_object_or_404(OutboundMessage, pk=object_id)
-        attempts = list(message.attempts.all())
+    def change_context(self, request, obj):
+        attempts = list(obj.attempts.all())
         for attempt in attempts:
             attempt.transcript_rows = transcript_rows(attempt.transcript)
             advertised = {line.split()[0] for line in attempt.extensions_advertised if line}
             used = {line.split()[0] for line in attempt.extensions_used if line}
             attempt.not_used = sorted(advertised - used)
-        context = {
+        return {
             "attempts": attempts,
-            "recipient_statuses": list(message.recipient_statuses.all()),
-            "events": list(message.events.all()),
+            "recipient_statuses": list(obj.recipient_statuses.all()),
+            "events": list(obj.events.all()),
             "can_retry": self.has_retry_permission(request),
             "can_view_body": request.user.has_perm(BODY_PERMISSION),
             "providers": sorted(get_config().providers) if self._config_ok() else [],
             "operate_url": reverse(
                 f"{self.admin_site.name}:django_reliable_mail_outboundmessage_operate",
-                args=[message.pk],
+                args=[obj.pk],
             ),
             "eml_url": reverse(
                 f"{self.admin_site.name}:django_reliable_mail_outboundmessage_eml",
-                args=[message.pk],
+                args=[obj.pk],
             ),
             "extension_choices": sorted(KNOWN_EXTENSIONS - {"AUTH", "STARTTLS"}),
-            **(extra_context or {}),
         }
-        return super().change_view(request, object_id, form_url, extra_context=context)
 
     @staticmethod
     def _config_ok():
@@ -276,11 +311,12 @@ class OutboundMessageAdmin(ReadOnlyAdmin):
         return True
 
     @method_decorator(require_POST)
-    def operate_view(self, request, pk):
+    def operate_view(self, request, object_id):
         """The change page's buttons: retry, cancel, reroute, retry without extensions."""
         if not self.has_retry_permission(request):
             raise PermissionDenied
-        message = get_object_or_404(OutboundMessage, pk=pk)
+        message = row_or_404(self.get_queryset(request), object_id)
+        pk = message.pk
         operation = request.POST.get("operation")
         actor = self._actor(request)
         try:
@@ -313,10 +349,10 @@ class OutboundMessageAdmin(ReadOnlyAdmin):
             )
         )
 
-    def eml_view(self, request, pk):
+    def eml_view(self, request, object_id):
         if not request.user.has_perm(BODY_PERMISSION):
             raise PermissionDenied
-        message = get_object_or_404(OutboundMessage, pk=pk)
+        message = row_or_404(self.get_queryset(request), object_id)
         response = HttpResponse(bytes(message.mime), content_type="message/rfc822")
         response["Content-Disposition"] = f'attachment; filename="message-{message.pk}.eml"'
         return response
@@ -347,11 +383,15 @@ class FailedMessageAdmin(OutboundMessageAdmin):
         return admin.ModelAdmin.get_urls(self)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        # One change page for every message, wherever the list was opened.
+        # One change page for every message, wherever the list was opened: found whatever
+        # its status now (it may have left this list since the list was shown).
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        message = row_or_404(OutboundMessage.objects.all(), object_id)
         return HttpResponseRedirect(
             reverse(
                 f"{self.admin_site.name}:django_reliable_mail_outboundmessage_change",
-                args=[object_id],
+                args=[message.pk],
             )
         )
 

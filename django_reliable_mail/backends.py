@@ -19,7 +19,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 
 from . import delivery, tasks
-from .conf import DJANGO_OPTION_ALIASES, PROVIDER_DEFAULTS, config_with_options
+from .conf import DJANGO_OPTION_ALIASES, PROVIDER_DEFAULTS, Config, config_with_options
 from .exceptions import ReliableMailConfigError
 from .transactions import writing
 
@@ -72,10 +72,14 @@ class EmailBackend(BaseEmailBackend):
             )
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
-        """Store every message, then deliver after commit. Returns how many were accepted.
+        """Store every message, then deliver after commit. Returns how many were stored.
 
-        A message whose idempotency key was already stored counts as accepted: it is on its
-        way.
+        A message whose idempotency key was already stored counts: it is on its way. A
+        message without recipients is skipped and not counted, as Django's SMTP backend
+        does. Any other invalid message raises :class:`InvalidMessageError` (a header
+        injection :class:`HeaderInjectionError`, Django's ``BadHeaderError``) and stores
+        none of them, or with ``fail_silently`` is skipped and logged; see
+        :func:`delivery.validate`.
         """
         if not email_messages:
             return 0
@@ -107,7 +111,17 @@ class EmailBackend(BaseEmailBackend):
         if ids and not queue_here:
             if self.config.mode == "immediate":
                 config = self.config
-                transaction.on_commit(lambda: delivery.deliver_messages(ids, config=config))
+                transaction.on_commit(lambda: _deliver_now(ids, config=config))
             else:
                 transaction.on_commit(lambda: tasks.wake(ids))
         return len(prepared)
+
+
+def _deliver_now(ids: list[int], *, config: Config) -> None:
+    """Immediate mode's first attempt, after the commit. Whatever a server or the database
+    does then never reaches the ``send_mail()`` caller: the messages are stored, and what
+    this attempt could not do, the dispatcher does (due messages, expired leases)."""
+    try:
+        delivery.deliver_messages(ids, config=config)
+    except Exception:
+        logger.exception("sending message(s) %s now failed; they wait in the queue", ids)

@@ -24,7 +24,11 @@ from django.core.mail.utils import DNS_NAME
 _MAX_HEADER_LINE = 78
 _PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
+# RFC 5321 4.1.2 Domain: labels of letters, digits and inner hyphens, at most 63 each.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@{_DOMAIN}"
+DOMAIN = re.compile(rf"{_DOMAIN}\Z")
 # A bare address, or a display name of letters, digits and single spaces before it.
 BARE_ADDRESS = re.compile(rf"{_ADDR_SPEC}\Z")
 _SIMPLE_ADDRESS = re.compile(rf"(?:{_ADDR_SPEC}|[A-Za-z0-9]+(?: [A-Za-z0-9]+)* <{_ADDR_SPEC}>)\Z")
@@ -102,4 +106,6 @@ def _body(text: str) -> tuple[bytes, str]:
         data = binascii.b2a_qp(lines.encode("utf-8"), quotetabs=False, istext=True, header=False)
         encoding = "quoted-printable"
     data = data.replace(b"\n", b"\r\n")
-    return (data if data.endswith(b"\r\n") else data + b"\r\n"), encoding
+    # An empty body stays empty, as Django 5.2 writes it (DATA then ends with the blank line
+    # after the headers); any other body ends with a line break, as DATA needs.
+    return (data if not data or data.endswith(b"\r\n") else data + b"\r\n"), encoding

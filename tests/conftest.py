@@ -42,6 +42,23 @@ def smtp_server(tls):
         server.stop()
 
 
+@pytest.fixture
+def misbehaving_server():
+    """Factory: ``misbehaving_server(greeting=…, final_reply=…)`` → a started raw server."""
+    from .misbehaving import MisbehavingServer
+
+    started = []
+
+    def start(**kwargs):
+        server = MisbehavingServer(**kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def end_other_sessions():
     """PostgreSQL: terminate other sessions on the test database (killed workers, live
     server threads), which would otherwise block DROP DATABASE at the end of the run."""

@@ -62,9 +62,9 @@ def gone(pid):
     return stat.rpartition(")")[2].split()[0] == "Z"
 
 
-def slow_recording(monkeypatch, *, chunk):
+def slow_recording(monkeypatch, *, chunk, seconds=0.02):
     """Store ``chunk`` attempts per transaction at most, each transaction taking a while
-    (results keep arriving meanwhile); returns the list of the sizes stored."""
+    (``seconds``; results keep arriving meanwhile); returns the list of the sizes stored."""
     from django_reliable_mail.delivery import sending
 
     monkeypatch.setattr(sending, "RECORD_CHUNK", chunk)
@@ -74,7 +74,7 @@ def slow_recording(monkeypatch, *, chunk):
 
     def counting(items, **kwargs):
         sizes.append(len(items))
-        time.sleep(0.02)  # a transaction's worth of time
+        time.sleep(seconds)  # a transaction's worth of time
         return record(items, **kwargs)
 
     monkeypatch.setattr(sending, "record_batch", counting)

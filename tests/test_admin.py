@@ -265,3 +265,90 @@ def test_retry_once_without_an_extension_then_move_to_sent(admin_client, smtp_se
     assert "8BITMIME" not in " ".join(attempt.extensions_used)
     assert "disable_extensions_once" not in message.options
     assert server.messages[0].rcpt_tos == ["b@example.com"]
+
+
+# -- ids in URLs: the permission refusal first, then 404, never a 500 -----------------------
+
+BAD_IDS = ["abc", "0", "-1", "999999", "1.5", "1 OR 1=1", "%00", "99999999999999999999999"]
+ROW_URLS = [
+    ("outboundmessage_change", "get"),
+    ("outboundmessage_history", "get"),
+    ("outboundmessage_eml", "get"),
+    ("outboundmessage_operate", "post"),
+    ("failedmessage_change", "get"),
+    ("failedmessage_history", "get"),
+    ("retryingmessage_change", "get"),
+    ("retryingmessage_history", "get"),
+    ("deliveryattempt_change", "get"),
+    ("deliveryattempt_history", "get"),
+]
+
+
+def fetch(client, name, method, object_id):
+    target = url(name, object_id)
+    return client.post(target, {"operation": "retry"}) if method == "post" else client.get(target)
+
+
+@pytest.mark.parametrize(("name", "method"), ROW_URLS)
+def test_a_bad_id_is_a_404_for_a_superuser(admin_client, name, method):
+    make_message()
+    for object_id in BAD_IDS:
+        assert fetch(admin_client, name, method, object_id).status_code == 404, object_id
+
+
+@pytest.mark.parametrize(("name", "method"), ROW_URLS)
+def test_without_permission_existing_and_missing_rows_look_the_same(client, name, method):
+    message = make_message()
+    attempt = message.attempts.get()
+    client.force_login(User.objects.create_user("nobody", password="pw", is_staff=True))
+    existing = attempt.pk if name.startswith("deliveryattempt") else message.pk
+    responses = [fetch(client, name, method, i) for i in [existing, *BAD_IDS]]
+    assert {r.status_code for r in responses} == {403}
+    assert len({r.content for r in responses}) == 1
+
+
+@pytest.mark.parametrize(("name", "method"), ROW_URLS)
+def test_anonymous_users_are_sent_to_the_login_page_whatever_the_id(client, name, method):
+    make_message()
+    for object_id in ["1", *BAD_IDS]:
+        response = fetch(client, name, method, object_id)
+        assert response.status_code == 302 and "/login/" in response["Location"], object_id
+
+
+def test_existing_rows_still_open(admin_client):
+    message = make_message(status="retrying")
+    attempt = message.attempts.get()
+    assert admin_client.get(url("outboundmessage_change", message.pk)).status_code == 200
+    assert admin_client.get(url("outboundmessage_history", message.pk)).status_code == 200
+    assert admin_client.get(url("outboundmessage_eml", message.pk)).status_code == 200
+    assert admin_client.get(url("deliveryattempt_change", attempt.pk)).status_code == 200
+    assert admin_client.get(url("deliveryattempt_history", attempt.pk)).status_code == 200
+    # The Failed list's link still finds a message that has moved on to another status.
+    for proxy in ("failedmessage_change", "retryingmessage_change"):
+        response = admin_client.get(url(proxy, message.pk))
+        assert response.status_code == 302
+        assert response["Location"] == url("outboundmessage_change", message.pk)
+
+
+def test_a_legacy_url_without_change_redirects_then_404s(admin_client):
+    # Django's catch-all "<id>/" redirects to "<id>/change/", which then answers.
+    response = admin_client.get(url("outboundmessage_changelist") + "abc/", follow=True)
+    assert response.status_code == 404
+
+
+def test_staff_with_view_permission_gets_404_for_a_bad_id(client):
+    make_message()
+    client.force_login(staff())
+    for object_id in BAD_IDS:
+        response = client.get(url("outboundmessage_change", object_id))
+        assert response.status_code == 404, object_id
+        # and the body download still asks for its own permission first
+        assert client.get(url("outboundmessage_eml", object_id)).status_code == 403
+
+
+@pytest.mark.parametrize("name", ["outboundmessage_delete", "deliveryattempt_delete"])
+def test_read_only_delete_urls_refuse_whatever_the_id(admin_client, name):
+    message = make_message()
+    existing = message.attempts.get().pk if name.startswith("delivery") else message.pk
+    for object_id in [existing, *BAD_IDS]:
+        assert admin_client.get(url(name, object_id)).status_code == 403, object_id

@@ -9,11 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from django_reliable_mail import delivery
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.delivery.sending import _cores
-from django_reliable_mail.models import DeliveryAttempt, OutboundMessage
+from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
 from django_reliable_mail.smtp import helper
 
 from .helpers import gone, slow_recording, wait_for
@@ -139,7 +140,17 @@ def test_a_helper_that_dies_mid_batch_gives_every_message_back(smtp_server, sett
     accepted = {a.message_id for a in DeliveryAttempt.objects.filter(outcome="accepted")}
     assert len(server.messages) <= len(accepted) + unknown.count()
 
-    # The next batch starts a new helper and finishes the job.
+    # None of them is due again at once: the provider pauses, as after a provider-level
+    # failure, and the returned messages wait for the pause to end.
+    pause_end = ProviderState.objects.get(name="main").degraded_until
+    assert pause_end > timezone.now()
+    assert delivery.deliver_due(limit=10).claimed == 0
+    waiting = [r for r in OutboundMessage.objects.all() if r.status != Status.SENT]
+    assert waiting and all(r.next_attempt_at >= pause_end for r in waiting)
+
+    # After the pause, the next batch starts a new helper and finishes the job.
+    ProviderState.objects.update(degraded_until=None)
+    OutboundMessage.objects.exclude(status=Status.SENT).update(next_attempt_at=timezone.now())
     delivery.deliver_due(limit=10)
     assert OutboundMessage.objects.filter(status=Status.SENT).count() == 6
 

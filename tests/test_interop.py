@@ -164,6 +164,25 @@ def test_dsn_and_smtputf8_through_postfix(postfix, django_capture_on_commit_call
 
 
 @pytest.mark.django_db
+def test_quoted_local_parts_through_postfix(postfix, django_capture_on_commit_callbacks):
+    # RFC 5321 Quoted-string local parts: Postfix takes them as they are and logs them quoted.
+    message = EmailMessage(
+        "interop quoted",
+        "",  # and an empty body arrives empty
+        '"john doe"@interop.test',
+        ['"a b"@interop.test', 'Ann <"x@y"@interop.test>'],
+    )
+    row, attempt = send(postfix, message, django_capture_on_commit_callbacks)
+    assert attempt.outcome == "accepted", attempt.error
+    assert row.recipients == ['"a b"@interop.test', '"x@y"@interop.test']
+    postfix.wait_for_log(rf'{attempt.queue_id}: from=<"john doe"@interop\.test>')
+    for recipient in row.recipients:
+        postfix.wait_for_log(rf"{attempt.queue_id}: to=<{re.escape(recipient)}>.*status=sent")
+    delivered = delivered_with(postfix, "interop quoted")
+    assert delivered.get_payload() == ""
+
+
+@pytest.mark.django_db
 def test_disabled_extensions_against_postfix(postfix, django_capture_on_commit_callbacks):
     message = EmailMessage("interop disabled", "x", "app@interop.test", ["user@interop.test"])
     message.reliable_mail = {"dsn_notify": ["FAILURE"]}

@@ -500,7 +500,12 @@ def test_a_stream_renews_the_leases_of_what_it_claimed_later(smtp_server, settin
     assert expired == []
 
 
-def test_a_failing_recorder_ends_the_stream_with_its_error(smtp_server, settings, monkeypatch):
+def test_a_failing_recorder_ends_the_stream_and_its_messages_come_back(
+    smtp_server, settings, monkeypatch, caplog
+):
+    """A store call that raises (here not a refused row, which recording survives) aborts
+    the batch: logged, not raised; nothing stays in sending; what went out unrecorded is
+    flagged; nothing is due again before the provider's pause ends."""
     import signal
 
     from django_reliable_mail.delivery import sending
@@ -521,13 +526,18 @@ def test_a_failing_recorder_ends_the_stream_with_its_error(smtp_server, settings
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(30)
     try:
-        with pytest.raises(RuntimeError, match="database went away"):
-            delivery.deliver_due(limit=20, keep_going_seconds=60)
+        summary = delivery.deliver_due(limit=20, keep_going_seconds=60)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    # Nothing was recorded: the claimed messages wait for their leases to run out.
+    assert "the database went away" in caplog.text and summary.attempts == 0
+    assert not OutboundMessage.objects.filter(status=Status.SENDING).exists()
+    unknown = DeliveryAttempt.objects.filter(outcome="unknown")
+    assert all(a.possible_duplicate for a in unknown)
+    assert len(server.messages) <= unknown.count()  # every copy out there is flagged
     assert OutboundMessage.objects.filter(status=Status.QUEUED).count() > 0
+    assert ProviderState.objects.get(name="main").degraded_until > timezone.now()
+    assert not delivery.due_messages(now=timezone.now()).exists()
 
 
 def test_one_statement_enqueue_stores_what_the_general_path_stores(settings):

@@ -18,6 +18,7 @@ from ..conf import Config
 from ..models import MessageBody, MessageEvent, OutboundMessage, RecipientStatus
 from ..transactions import writing
 from . import rows
+from .lifecycle import waiting_status
 from .states import Status
 
 logger = logging.getLogger(__name__)
@@ -267,17 +268,20 @@ def fail_over(
 
 
 def release(messages: Iterable[OutboundMessage], *, until: datetime, reason: str = "") -> int:
-    """Give claimed messages back untried (no attempt is counted)."""
+    """Give claimed messages back untried, due at ``until`` (no attempt is counted, so the
+    give-up policy has nothing to apply: :func:`~.lifecycle.decide` would say wait)."""
     released = 0
+    now = timezone.now()
     for message in messages:
         released += OutboundMessage.objects.filter(
             pk=message.pk, status=Status.SENDING, claim_token=message.claim_token
         ).update(
-            status=Status.RETRYING if message.attempt_count else Status.QUEUED,
+            status=waiting_status(message.attempt_count),
             next_attempt_at=until,
             lease_expires_at=None,
             claim_token="",
             body_started_at=None,
             last_error=reason or message.last_error,
+            updated_at=now,
         )
     return released

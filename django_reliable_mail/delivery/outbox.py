@@ -17,7 +17,7 @@ from ..conf import Config
 from ..exceptions import InvalidMessageError
 from ..models import MessageBody, OutboundMessage, RecipientStatus
 from ..options import DeliveryOptions, options_of
-from ..serialize import SerializedMessage, serialize
+from ..serialize import SerializedMessage, recipients_of, serialize
 from ..transactions import writing
 from . import rows
 from .states import Status
@@ -249,14 +249,23 @@ def validate(
     provider: str | None,
     fail_silently: bool,
 ) -> list[_Prepared]:
-    """Validate every message before anything is stored.
+    """Validate every message before anything is stored; return the ones to store.
 
-    Without ``fail_silently`` one invalid message stores none of them (the caller sees the
-    error and nothing is half-stored); with it, invalid ones are skipped and logged.
+    A message without any recipient is skipped (logged at info), with or without
+    ``fail_silently``: Django's SMTP backend skips it too, and ``EmailMessage.send()`` never
+    hands it to a backend. It is not invalid, only addressed to nobody. Any other invalid
+    message: without ``fail_silently`` the error is raised and none of the messages is
+    stored (the caller sees it, nothing is half-stored); with it, that message is skipped
+    and logged at warning and the others are stored.
     """
     prepared: list[_Prepared] = []
-    for message in messages:
+    for position, message in enumerate(messages):
         try:
+            if not recipients_of(message):
+                logger.info(
+                    "message %d of %d not queued: it has no recipients", position + 1, len(messages)
+                )
+                continue
             prepared.append(prepare(message, config=config, provider=provider))
         except InvalidMessageError as exc:
             if not fail_silently:

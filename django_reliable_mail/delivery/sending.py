@@ -13,9 +13,10 @@ import os
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from .. import throttle
@@ -24,6 +25,7 @@ from ..conf import Config, ProviderConfig, RateLimit, config_for_mailer, get_con
 from ..models import DeliveryAttempt, OutboundMessage
 from ..smtp.classify import Outcome
 from ..smtp.helper import HelperProcessError, SMTPHelper, shared_helper
+from ..smtp.sanitize import clean
 from ..smtp.stream import (
     BODY_MARK_WINDOW,
     RECORD_CHUNK,
@@ -41,6 +43,10 @@ from .recovery import recover_expired_leases
 from .states import DISABLE_ONCE, OPEN_STATES, Status
 
 logger = logging.getLogger(__name__)
+
+#: Lease renewals per lease: a renewal may come late by two thirds of a lease (a database
+#: call that keeps the worker's thread busy) before the lease runs out.
+LEASE_RENEWALS = 3
 
 
 def envelope_for(message: OutboundMessage) -> Envelope:
@@ -105,6 +111,8 @@ def deliver_due(
     With ``keep_going_seconds``, a batch of one provider becomes a stream: the next batch of
     ``limit`` is claimed while the connections are still sending, until nothing of that
     provider is due or that many seconds have passed. The connections stay open throughout.
+    A group whose batch fails is logged and its messages returned (:func:`_abort`); the
+    other groups go on.
     """
     given = config
     config = config or get_config()
@@ -120,13 +128,12 @@ def deliver_due(
     # Only a lone group streams: other groups' claimed messages would wait meanwhile.
     stream = keep_going_seconds > 0 and ids is None and len(groups) == 1
     for key, group in groups.items():
-        mailer = key[1]
-        group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
         summary.add(
             _deliver_group(
                 key,
                 group,
-                config=group_config,
+                config=config,
+                given=given,
                 refill_limit=limit if stream else 0,
                 keep_going_seconds=keep_going_seconds,
             )
@@ -139,11 +146,37 @@ def _deliver_group(
     messages: list[OutboundMessage],
     *,
     config: Config,
+    given: Config | None,
     refill_limit: int = 0,
     keep_going_seconds: float = 0,
 ) -> RunSummary:
-    name, _, disable_once = key
-    provider = config.provider(name)
+    """One group's batch; whatever goes wrong in it stays in it."""
+    # Claimed and not yet recorded (whose leases need renewing). A stream keeps only these
+    # in memory, however many messages pass through it.
+    in_flight = {m.pk: m for m in messages}
+    summary = RunSummary()
+    group_config, mailer = config, key[1]
+    try:
+        group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
+        database = _BatchDatabase(
+            key,
+            provider=group_config.provider(key[0]),
+            config=group_config,
+            refill_limit=refill_limit,
+            in_flight=in_flight,
+            summary=summary,
+        )
+        _send_group(database, messages, keep_going_seconds=keep_going_seconds)
+    except Exception as exc:
+        summary.recovered += _abort(key[0], in_flight, config=group_config, error=exc)
+    return summary
+
+
+def _send_group(
+    database: _BatchDatabase, messages: list[OutboundMessage], *, keep_going_seconds: float
+) -> None:
+    name, _, disable_once = database.key
+    provider, config, in_flight = database.provider, database.config, database.in_flight
     server = provider.server_settings(
         transcript_max_chars=config.transcript_max_chars,
         record=config.transcripts != "never",
@@ -153,13 +186,7 @@ def _deliver_group(
         server = replace(
             server, disable_extensions=server.disable_extensions | frozenset(disable_once)
         )
-
-    # Claimed and not yet recorded (whose leases need renewing). A stream keeps only these
-    # in memory, however many messages pass through it.
-    in_flight = {m.pk: m for m in messages}
-    database = _BatchDatabase(
-        key, provider=provider, config=config, refill_limit=refill_limit, in_flight=in_flight
-    )
+    refill_limit = database.refill_limit
     plan = StreamPlan(
         max_connections=provider.max_connections,
         max_messages_per_connection=provider.max_messages_per_connection,
@@ -167,7 +194,7 @@ def _deliver_group(
         rate_limited=provider.rate_limit is not None,
         stream_seconds=keep_going_seconds if refill_limit else 0,
         backlog_limit=max(refill_limit, 2 * RECORD_CHUNK),
-        lease_renew_seconds=config.lease_seconds / 3,
+        lease_renew_seconds=config.lease_seconds / LEASE_RENEWALS,
         record_chunk=RECORD_CHUNK,
         record_within_seconds=RECORD_WITHIN_SECONDS,
     )
@@ -177,14 +204,7 @@ def _deliver_group(
             connections, untouched_keys = _run_beside(server, batch, plan, database)
         else:
             plan = replace(plan, record_eagerly=True)
-            try:
-                connections, untouched_keys = helper.run(server, batch, plan, database)
-            except HelperProcessError as exc:
-                # Nothing is lost: what the helper sent is stored or flagged, the rest is
-                # due again, and the next batch starts a new helper.
-                database.summary.recovered += _return_after_crash(in_flight.values(), config=config)
-                logger.error("provider %s: %s; its messages were returned to the queue", name, exc)
-                return database.summary
+            connections, untouched_keys = helper.run(server, batch, plan, database)
     summary = database.summary
     summary.connections = connections
     provider_failure = database.failure
@@ -201,7 +221,36 @@ def _deliver_group(
         if database.delivered:
             throttle.mark_healthy(name)
         summary.released = release(untouched, until=timezone.now())
-    return summary
+    for pk in untouched_keys:
+        in_flight.pop(pk, None)
+
+
+def _abort(
+    name: str, in_flight: dict[int, OutboundMessage], *, config: Config, error: Exception
+) -> int:
+    """A batch that ended in an exception: a helper process that died or failed it, a
+    session's exception, a store call that raised, a configuration gone.
+
+    Its messages not yet recorded are returned as lease recovery would return them (an
+    ``unknown`` attempt for a marked body, under the give-up policy; the rest untried), and
+    the provider pauses as after a provider-level failure: growing pauses, no attempt used
+    up, and none of its messages due before the pause ends. A provider whose sessions fail
+    before any reply can be classified is thus tried a few times a minute at most, not in a
+    loop. Never raises: a database that refuses even this leaves the leases to run out.
+    """
+    logger.error(
+        "provider %s: the batch failed (%s: %s); its messages were returned to the queue",
+        name,
+        type(error).__name__,
+        error,
+        exc_info=not isinstance(error, HelperProcessError),
+    )
+    try:
+        until = throttle.mark_degraded(name, clean(f"a batch failed: {error}", limit=500))
+        return _return_unfinished(list(in_flight.values()), config=config, until=until)
+    except Exception:
+        logger.exception("provider %s: the failed batch's messages wait for lease recovery", name)
+        return 0
 
 
 class _BatchDatabase:
@@ -216,13 +265,14 @@ class _BatchDatabase:
         config: Config,
         refill_limit: int,
         in_flight: dict[int, OutboundMessage],
+        summary: RunSummary,
     ):
         self.key = key
         self.provider = provider
         self.config = config
         self.refill_limit = refill_limit
         self.in_flight = in_flight
-        self.summary = RunSummary()
+        self.summary = summary
         self.failure: AttemptResult | None = None  # the last provider-level one
         self.delivered = False
 
@@ -261,10 +311,14 @@ class _BatchDatabase:
     def renew(self) -> None:
         # Read each time: a streaming batch adds messages as it goes.
         tokens = {m.claim_token for m in list(self.in_flight.values())}
-        if tokens:
+        if not tokens:
+            return
+        try:
             OutboundMessage.objects.filter(claim_token__in=tokens, status=Status.SENDING).update(
                 lease_expires_at=timezone.now() + timedelta(seconds=self.config.lease_seconds)
             )
+        except DatabaseError as exc:  # the next renewal comes within a third of a lease
+            logger.warning("provider %s: renewing leases failed: %s", self.key[0], exc)
 
 
 def _run_beside(
@@ -320,15 +374,18 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _return_after_crash(messages: Iterable[OutboundMessage], *, config: Config) -> int:
-    """The helper died mid-batch: return its messages now, as lease recovery would after
-    a crash (a marked body may have gone out: ``unknown``, flagged as a possible duplicate)."""
+def _return_unfinished(messages: list[OutboundMessage], *, config: Config, until: datetime) -> int:
+    """Return claimed messages that were neither recorded nor released, as lease recovery
+    would after a crash (a marked body may have gone out: ``unknown``, flagged as a
+    possible duplicate), none of them due before ``until``."""
     tokens = {m.claim_token for m in messages}
-    if tokens:
-        OutboundMessage.objects.filter(claim_token__in=tokens, status=Status.SENDING).update(
-            lease_expires_at=timezone.now() - timedelta(seconds=1)
-        )
-    return recover_expired_leases(config=config) if tokens else 0
+    if not tokens:
+        return 0
+    ids = [m.pk for m in messages]
+    OutboundMessage.objects.filter(
+        pk__in=ids, claim_token__in=tokens, status=Status.SENDING
+    ).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    return recover_expired_leases(config=config, ids=ids, not_before=until)
 
 
 def _count(summary: RunSummary, status: str) -> None:

@@ -2,8 +2,10 @@
 
 from .capabilities import KNOWN_EXTENSIONS, SUPPORTED_AUTH_MECHANISMS, Capabilities
 from .classify import Outcome, Reply, ReplyRule, Verdict, classify_reply
+from .stages import Stage
 from .transport import (
     AttemptResult,
+    BodyStartNotRecorded,
     Envelope,
     RecipientResult,
     ServerSettings,
@@ -15,6 +17,7 @@ __all__ = [
     "KNOWN_EXTENSIONS",
     "SUPPORTED_AUTH_MECHANISMS",
     "AttemptResult",
+    "BodyStartNotRecorded",
     "Capabilities",
     "Envelope",
     "Outcome",
@@ -23,6 +26,7 @@ __all__ = [
     "ReplyRule",
     "SMTPSession",
     "ServerSettings",
+    "Stage",
     "Verdict",
     "classify_reply",
     "deliver",

@@ -76,6 +76,11 @@ def parse_ehlo(message: str) -> dict[str, str]:
     return extensions
 
 
+def _is_number(text: str) -> bool:
+    # str.isdigit() also says yes to "²" and other digits int() refuses.
+    return text.isascii() and text.isdigit()
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """The advertised and the effective EHLO extensions of one connection."""
@@ -108,7 +113,7 @@ class Capabilities:
         if not self.has("SIZE"):
             return None
         value = self.advertised["SIZE"].strip()
-        return int(value) if value.isdigit() and int(value) > 0 else None
+        return int(value) if _is_number(value) and int(value) > 0 else None
 
     def _limit(self, name: str) -> int | None:
         # RFC 9422 LIMITS: "LIMITS RCPTMAX=1000 MAILMAX=1000"
@@ -116,7 +121,7 @@ class Capabilities:
             return None
         for item in self.advertised["LIMITS"].split():
             key, _, value = item.partition("=")
-            if key.upper() == name and value.isdigit() and int(value) > 0:
+            if key.upper() == name and _is_number(value) and int(value) > 0:
                 return int(value)
         return None
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-ENHANCED_CODE_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+ENHANCED_CODE_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)", re.ASCII)
 QUEUE_ID_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"queued as\s+<?([\w.@\-]+)>?", re.IGNORECASE),
     re.compile(r"\bid[=:]\s*<?([\w.@\-]+)>?", re.IGNORECASE),
@@ -97,6 +97,11 @@ class ReplyRule:
     #: Also pause the provider (e.g. a permanent sender-configuration error).
     pause_provider: bool = False
 
+    def __post_init__(self) -> None:
+        # Only the stage's expected code is success (stages.py); a rule classifies failures.
+        if self.verdict == Verdict.OK:
+            raise ValueError("a reply rule cannot make a reply a success (verdict 'ok')")
+
     def matches(self, reply: Reply) -> bool:
         if self.code and not _code_matches(self.code, reply.code):
             return False
@@ -129,6 +134,11 @@ class Classification:
 
 
 def classify_reply(reply: Reply, rules: Sequence[ReplyRule] = ()) -> Classification:
+    """The class of a reply's code, or the first matching rule's verdict.
+
+    This knows no stage: ``ok`` here only means "2xx or 3xx". The transport judges every
+    reply at its stage with :func:`.stages.judge`, where only the expected code is ``ok``.
+    """
     for rule in rules:
         if rule.matches(reply):
             return Classification(rule.verdict, rule)

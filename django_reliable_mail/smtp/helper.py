@@ -172,8 +172,10 @@ class SMTPHelper:
             elif kind == "done":
                 self._batch_open = False
                 return frame[1], frame[2]
-            else:  # the batch failed, and ended: the helper is ready for the next one
-                self._batch_open = False
+            else:
+                # The batch failed. Its connections may still be running in the helper (an
+                # exception from one does not stop the others), and would call in about a
+                # batch that is over: the helper is stopped (``run``), a new one starts.
                 if errors:
                     raise errors[0]
                 raise HelperProcessError(f"the SMTP helper failed: {frame[1]}")

@@ -13,6 +13,7 @@ Messages are known by their keys (the message ids): the database side keeps the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -50,8 +51,9 @@ class Store(Protocol):
         """Extend the leases of the messages claimed and not yet recorded."""
 
 
-#: Store calls that a connection waits for: served ahead of the others.
-URGENT_CALLS = frozenset({"mark", "reserve"})
+#: Store calls served ahead of the others: those a connection waits for, and lease
+#: renewals, which must not wait behind a queue of recordings while the leases run out.
+URGENT_CALLS = frozenset({"mark", "reserve", "renew"})
 
 
 class CallingStore:
@@ -253,10 +255,12 @@ async def run_stream(
 
     async def keep_leases() -> None:
         # A rate-limited batch can outlast one lease. A worker that dies stops renewing,
-        # and its leases run out.
+        # and its leases run out. One failed renewal must not end the renewals: the next
+        # one still comes in time.
         while True:
             await asyncio.sleep(plan.lease_renew_seconds)
-            await store.renew()
+            with contextlib.suppress(Exception):
+                await store.renew()
 
     renewer = asyncio.create_task(keep_leases())
     storing = asyncio.create_task(recorder())

@@ -22,13 +22,21 @@ DEFAULT_MAX_CHARS = 64 * 1024
 
 
 class Transcript:
-    def __init__(self, *, max_chars: int = DEFAULT_MAX_CHARS, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        enabled: bool = True,
+        secrets: Secrets | None = None,
+    ) -> None:
         self._start = time.monotonic()
         self._lines: list[str] = []
         self._chars = 0
         self._dropped = 0
         #: What this dialogue must never show (the credentials in each form they travel).
-        self.secrets = Secrets()
+        #: Shared by the transcripts of one connection: a server can echo, in its reply to
+        #: a later message, the AUTH payload it was sent before the first.
+        self.secrets = secrets if secrets is not None else Secrets()
         self.max_chars = max_chars
         self.enabled = enabled
 
@@ -65,6 +73,11 @@ class Transcript:
         for index, line in enumerate(lines):
             separator = " " if index == len(lines) - 1 else "-"
             self._add("S", f"{code}{separator}{line}".rstrip())
+
+    def received(self, text: str) -> None:
+        """What the server sent when it was not a well-formed reply, line by line as is."""
+        for line in text.split("\n") if text else [""]:
+            self._add("S", line)
 
     def event(self, text: str) -> None:
         self._add("*", text)

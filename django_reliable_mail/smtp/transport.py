@@ -5,40 +5,68 @@ aiosmtplib does the I/O. We drive every command ourselves instead of using its
 only (see ``capabilities.py``), every reply is kept per recipient, and the moment the body
 has been handed to the socket is known exactly: a connection that dies after that point
 may have delivered the mail, which is the ``unknown`` outcome.
+
+Invariants: a reply counts as success only where ``stages.py`` says so; a reply that is
+not well-formed (RFC 5321 §4.2) raises :class:`MalformedReply` and closes the connection;
+``SMTPSession.open()`` raises only :class:`SMTPFailure`; ``send()`` and ``deliver()`` raise
+only ``asyncio.CancelledError`` and :class:`BodyStartNotRecorded` — whatever the server or
+the network does becomes an :class:`AttemptResult`, finished by :func:`.result.finish`.
+Every use of aiosmtplib's private names is in :class:`ReplyKeepingProtocol` and
+:class:`RecordingSMTP`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import re
 import socket
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
-from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.protocol import (
+    MAX_LINE_LENGTH,
+    MAX_RESPONSE_LENGTH,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
 
 from .capabilities import SUPPORTED_AUTH_MECHANISMS, Capabilities
-from .classify import (
-    Outcome,
-    Reply,
-    ReplyRule,
-    Verdict,
-    classify_reply,
-    combine_outcome,
-    parse_enhanced_code,
-    parse_queue_id,
-)
+from .classify import Outcome, Reply, ReplyRule, Verdict, combine_outcome
+from .result import AttemptResult, RecipientResult, finish
+from .sanitize import Secrets
+from .stages import EXPECTED, HIGHEST_CODE, LOWEST_CODE, Stage, is_success, is_unexpected, judge
 from .transcript import REDACTED, Transcript
+
+__all__ = [
+    "TLS_MODES",
+    "AttemptResult",
+    "BodyStartNotRecorded",
+    "Envelope",
+    "MalformedReply",
+    "RecipientResult",
+    "SMTPFailure",
+    "SMTPSession",
+    "ServerSettings",
+    "deliver",
+    "failure_result",
+    "wire_format",
+]
 
 TLS_MODES = ("implicit", "starttls", "opportunistic", "none")
 _CONTROL_CHARACTERS = re.compile(rb"[\x00-\x1f\x7f]")
+_CONTROL_TEXT = re.compile("[\x00-\x1f\x7f]")
+#: Replies kept while an earlier one waits to be read (pipelining): far above any real
+#: burst of RCPT replies, low enough that a server cannot fill our memory.
+MAX_KEPT_REPLIES = 1024 * 1024
+#: How much of a malformed reply is kept to show what arrived.
+MAX_MALFORMED_KEPT = MAX_LINE_LENGTH
 
 #: A token provider for XOAUTH2: called with ``username=`` and ``force_refresh=``; may be
 #: sync or async; returns the access token.
@@ -79,67 +107,6 @@ class Envelope:
     dsn_envid: str | None = None
 
 
-@dataclass
-class RecipientResult:
-    address: str
-    #: accepted | deferred | rejected | unknown
-    state: str
-    code: int | None = None
-    text: str = ""
-    stage: str = ""
-
-    @property
-    def enhanced_code(self) -> str:
-        return parse_enhanced_code(self.text)[0]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "code": self.code,
-            "enhanced_code": self.enhanced_code,
-            "text": self.text,
-            "stage": self.stage,
-        }
-
-
-@dataclass
-class AttemptResult:
-    """What one delivery attempt of one message did, ready to be stored."""
-
-    outcome: Outcome = Outcome.TRANSIENT_FAILURE
-    host: str = ""
-    port: int = 0
-    peer_address: str = ""
-    tls_version: str = ""
-    tls_cipher: str = ""
-    certificate_subject: str = ""
-    auth_mechanism: str = ""
-    extensions_advertised: list[str] = field(default_factory=list)
-    extensions_used: list[str] = field(default_factory=list)
-    mail_parameters: list[str] = field(default_factory=list)
-    rcpt_parameters: list[str] = field(default_factory=list)
-    recipients: dict[str, RecipientResult] = field(default_factory=dict)
-    reply_code: int | None = None
-    reply_text: str = ""
-    queue_id: str = ""
-    error: str = ""
-    #: The failure is the provider's, not the message's: do not count it against the message.
-    provider_level: bool = False
-    #: A reply rule asked to pause the provider although this message's outcome stands.
-    pause_provider: bool = False
-    #: Why, for the provider's status (the rule's description, else the reply).
-    pause_reason: str = ""
-    retry_after_seconds: int | None = None
-    body_sent: bool = False
-    transcript: str = ""
-    started_at: float = field(default_factory=time.time)
-    finished_at: float = 0.0
-
-    @property
-    def reply_enhanced_code(self) -> str:
-        return parse_enhanced_code(self.reply_text)[0]
-
-
 class SMTPFailure(Exception):
     """A failure that ends the connection set-up; carries how to classify it."""
 
@@ -150,36 +117,126 @@ class SMTPFailure(Exception):
         outcome: Outcome,
         provider_level: bool,
         reply: Reply | None = None,
+        received: str = "",
     ) -> None:
         super().__init__(message)
         self.outcome = outcome
         self.provider_level = provider_level
         self.reply = reply
+        #: What the server sent when it was no well-formed reply (``reply`` is then None).
+        self.received = received
+
+
+class BodyStartNotRecorded(Exception):
+    """The ``before_body`` callback failed: the body-start mark is not known to be durable,
+    so the body was not sent and the connection was dropped. Not the server's doing: it
+    propagates, for the caller to stop sending (its cause is the callback's error)."""
+
+
+class MalformedReply(aiosmtplib.SMTPResponseException):
+    """What the server sent is no SMTP reply (RFC 5321 §4.2): a code outside 200-599 or
+    not three digits, a line over the length limit, lines of one reply with different
+    codes, or bytes that no command asked for. The reply's framing can no longer be
+    trusted: the connection must be closed."""
+
+    def __init__(self, reason: str, received: bytes | bytearray) -> None:
+        self.reason = reason
+        #: What came, its lines joined by newlines like a reply's text (undecodable bytes
+        #: kept as surrogates, like aiosmtplib's).
+        kept = bytes(received[:MAX_MALFORMED_KEPT]).rstrip(b"\r\n").replace(b"\r\n", b"\n")
+        self.received = kept.decode("utf-8", "surrogateescape")
+        super().__init__(-1, reason)
+
+
+def _parse_reply_line(line: bytes) -> tuple[int, bool, bytes]:
+    """(code, more lines follow, text) of one line ending in LF; raises MalformedReply."""
+    code_digits, separator = line[:3], line[3:4]
+    body = line.rstrip(b"\r\n")
+    if not (code_digits.isdigit() and LOWEST_CODE <= int(code_digits) <= HIGHEST_CODE):
+        raise MalformedReply("the reply code is not a number from 200 to 599", line)
+    if separator not in (b" ", b"-") and len(body) > 3:
+        raise MalformedReply("the reply code is not followed by a space or a hyphen", line)
+    return int(code_digits), separator == b"-", body[4:].strip(b" \t")
 
 
 class ReplyKeepingProtocol(SMTPProtocol):
-    """aiosmtplib's protocol, keeping replies that arrive while an earlier one waits.
+    """aiosmtplib's protocol, strict about reply syntax and keeping pipelined replies.
 
-    aiosmtplib drops data that arrives while a parsed reply is still waiting to be picked
-    up. With pipelining (RFC 2920) the next reply can arrive in exactly that moment (a
-    finished read reaches its reader through two turns of the event loop), and a dropped
-    reply turns into a timeout. Such data is kept in the buffer instead, and the next read
-    takes its reply from there.
+    Strict: each line of a reply must start with a code from 200 to 599 followed by a
+    space, a hyphen or the line's end, be at most ``MAX_LINE_LENGTH`` bytes, and carry the
+    same code as the other lines of its reply; a whole reply is at most
+    ``MAX_RESPONSE_LENGTH`` bytes. Anything else raises :class:`MalformedReply` (aiosmtplib
+    alone reads "-12", " 12" or "099" as codes and gives a mixed reply its last code).
+
+    Keeping: aiosmtplib drops data that arrives while a parsed reply is still waiting to
+    be picked up. With pipelining (RFC 2920) the next reply can arrive in exactly that
+    moment (a finished read reaches its reader through two turns of the event loop), and a
+    dropped reply turns into a timeout. Such data is kept in the buffer instead, and the
+    next read takes its reply from there.
     """
+
+    _overflowed = False
 
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
-        if waiter is not None and waiter.done() and self._response_pending:
+        if waiter is None or not self._response_pending:
+            return  # nothing asked for it (aiosmtplib drops it too)
+        if waiter.done():
+            if waiter.cancelled() or waiter.exception() is not None:
+                return  # the read failed: the connection is being given up
+            if len(self._buffer) + len(data) > MAX_KEPT_REPLIES:
+                self._overflowed = True
+                del self._buffer[:]
+                return
             self._buffer.extend(data)
             return
-        super().data_received(data)
+        self._buffer.extend(data)
+        self._parse_into(waiter)
+
+    def _parse_into(self, waiter: asyncio.Future[SMTPResponse]) -> None:
+        try:
+            response = self._read_response_from_buffer()
+        except MalformedReply as exc:
+            del self._buffer[:]
+            self._set_response_exception(waiter, exc)
+            return
+        if response is not None:
+            waiter.set_result(response)
+
+    def _read_response_from_buffer(self) -> SMTPResponse | None:
+        """The first whole reply in the buffer (removed from it), or None if incomplete."""
+        buffer = self._buffer
+        codes: set[int] = set()
+        texts: list[bytes] = []
+        offset = 0
+        while True:
+            end = buffer.find(b"\n", offset)
+            if end == -1:
+                if len(buffer) - offset > MAX_LINE_LENGTH:
+                    raise MalformedReply("a reply line is too long", buffer[offset:])
+                if len(buffer) > MAX_RESPONSE_LENGTH:
+                    raise MalformedReply("the reply is too long", buffer)
+                return None
+            line = bytes(buffer[offset : end + 1])
+            if len(line) > MAX_LINE_LENGTH:
+                raise MalformedReply("a reply line is too long", line)
+            code, more, text = _parse_reply_line(line)
+            codes.add(code)
+            texts.append(text)
+            offset = end + 1
+            if not more:
+                break
+        if len(codes) > 1:
+            raise MalformedReply("the lines of one reply carry different codes", buffer[:offset])
+        del buffer[:offset]
+        return SMTPResponse(code, b"\n".join(texts).decode("utf-8", "surrogateescape"))
 
     async def read_response(self, timeout: float | None = None) -> SMTPResponse:
+        if self._overflowed:
+            raise MalformedReply("more replies at once than any command asked for", b"")
         waiter = self._response_waiter
         if waiter is not None and not waiter.done() and self._buffer:
-            parsed = self._read_response_from_buffer()
-            if parsed is not None:
-                waiter.set_result(parsed)
+            self._parse_into(waiter)
         if (
             waiter is not None
             and waiter.done()
@@ -194,6 +251,52 @@ class ReplyKeepingProtocol(SMTPProtocol):
             return waiter.result()
         return await super().read_response(timeout=timeout)
 
+    async def execute_command(self, *args: bytes, timeout: float | None = None) -> SMTPResponse:
+        self.refuse_unasked_data()
+        return await super().execute_command(*args, timeout=timeout)
+
+    def refuse_unasked_data(self) -> None:
+        """Before a command: a reply already here answers nothing we sent (RFC 5321 §4.2)."""
+        waiter = self._response_waiter
+        answered = (
+            waiter is not None
+            and waiter.done()
+            and not waiter.cancelled()
+            and waiter.exception() is None
+        )
+        if self._buffer or answered:
+            unasked = bytes(self._buffer)
+            del self._buffer[:]
+            raise MalformedReply("the server sent a reply before the command", unasked)
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, *, keep_listening: bool = False) -> AsyncIterator[None]:
+        """Hold the connection for commands written together and their replies, read with
+        :meth:`next_reply` (RFC 2920). ``keep_listening``: replies to commands written last
+        arrive after the exchange, and are kept for the next one."""
+        lock = self._command_lock
+        if lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        async with lock:
+            self._response_pending = True
+            try:
+                yield
+            finally:
+                self._response_pending = keep_listening
+
+    async def next_reply(self, timeout: float | None) -> SMTPResponse:
+        """The next reply inside :meth:`exchange`."""
+        try:
+            return await self.read_response(timeout=timeout)
+        finally:
+            # Keep accepting the replies still to come (aiosmtplib drops unsolicited data).
+            self._response_pending = True
+
+
+def _log_malformed(transcript: Transcript, exc: MalformedReply) -> None:
+    transcript.received(exc.received)
+    transcript.event(f"malformed reply: {exc.reason}; the connection cannot be trusted")
+
 
 class RecordingSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client with every command and reply written to a transcript."""
@@ -205,12 +308,52 @@ class RecordingSMTP(aiosmtplib.SMTP):
         #: Set once the socket is really gone, so callers can wait for TLS teardown.
         self.connection_gone = asyncio.Event()
 
-    async def connect(self, **kwargs: Any) -> SMTPResponse:
-        response = await super().connect(**kwargs)
-        if self.protocol is not None and type(self.protocol) is SMTPProtocol:
-            # aiosmtplib builds its protocol inside connect() and offers no hook for it.
-            self.protocol.__class__ = ReplyKeepingProtocol
-        return response
+    @property
+    def strict_protocol(self) -> ReplyKeepingProtocol:
+        """The connection's protocol; SMTPServerDisconnected once it is gone."""
+        protocol = self.protocol
+        if not isinstance(protocol, ReplyKeepingProtocol) or not self.is_connected:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        return protocol
+
+    async def _create_connection(self, timeout: float | None) -> SMTPResponse:
+        # aiosmtplib builds a protocol of its own here, with no hook to choose another, and
+        # reads the greeting with it: ours must parse the greeting too. The greeting's code
+        # is judged by the session (stages.py), not here.
+        loop = asyncio.get_running_loop()
+        protocol = ReplyKeepingProtocol(
+            loop=loop, connection_lost_callback=self._on_connection_lost
+        )
+        tls_context = self.tls_context if self.use_tls else None
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: protocol,
+                    host=self.hostname,
+                    port=self.port,
+                    ssl=tls_context,
+                    server_hostname=self.hostname if tls_context else None,
+                    ssl_handshake_timeout=timeout if tls_context else None,
+                ),
+                timeout=timeout,
+            )
+        except TimeoutError as exc:
+            raise aiosmtplib.SMTPConnectTimeoutError(
+                f"Timed out connecting to {self.hostname} on port {self.port}"
+            ) from exc
+        except OSError as exc:
+            raise aiosmtplib.SMTPConnectError(
+                f"Error connecting to {self.hostname} on port {self.port}: {exc}"
+            ) from exc
+        self.protocol, self.transport = protocol, transport
+        try:
+            return await protocol.read_response(timeout=timeout)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            raise aiosmtplib.SMTPConnectError(
+                f"Lost the connection before a greeting: {exc}"
+            ) from exc
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise aiosmtplib.SMTPConnectTimeoutError("Timed out waiting for the greeting") from exc
 
     def _on_connection_lost(self, protocol: Any) -> None:
         self.connection_gone.set()
@@ -233,11 +376,15 @@ class RecordingSMTP(aiosmtplib.SMTP):
         except aiosmtplib.SMTPServerDisconnected:
             self.transcript.event("connection lost")
             raise
+        except MalformedReply as exc:
+            _log_malformed(self.transcript, exc)
+            self.close()
+            raise
         if verb == b"AUTH" or self._auth_exchange:
             # RFC 4954: 334 challenges (and the answers to them) carry credentials.
-            self._auth_exchange = response.code == 334
-            if response.code == 334:
-                self.transcript.server(334, REDACTED)
+            self._auth_exchange = response.code in EXPECTED[Stage.AUTH].continuation
+            if self._auth_exchange:
+                self.transcript.server(response.code, REDACTED)
                 return response
         self.transcript.server(response.code, response.message)
         return response
@@ -246,6 +393,10 @@ class RecordingSMTP(aiosmtplib.SMTP):
         self.transcript.client("STARTTLS")
         try:
             response = await super().starttls(**kwargs)
+        except MalformedReply as exc:
+            _log_malformed(self.transcript, exc)
+            self.close()
+            raise
         except aiosmtplib.SMTPResponseException as exc:
             self.transcript.server(exc.code, exc.message)
             raise
@@ -314,11 +465,22 @@ def _dot_stuffed(data: bytes) -> bytes:
     return (b"." + data if data.startswith(b".") else data) + b".\r\n"
 
 
+class _ConnectionUnusable(Exception):
+    """The dialogue cannot go on for this message (RSET refused, the connection given up)."""
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
 class SMTPSession:
     """One connection to one provider; ``send()`` may be called for several messages."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        #: The credentials in every form they travelled, for every transcript and result of
+        #: this connection (a server may echo them back in any later reply).
+        self.secrets = Secrets([settings.password])
         self.transcript = self._new_transcript()
         self.smtp: RecordingSMTP | None = None
         self.capabilities = Capabilities()
@@ -329,6 +491,8 @@ class SMTPSession:
         self.auth_mechanism = ""
         self.messages_sent = 0
         self.transactions = 0
+        #: Where the dialogue is: what a failure is reported against.
+        self.stage = Stage.GREETING
         #: A transaction was started and not finished: RSET before the next one.
         self._dirty = False
         self._before_body: Callable[[], Awaitable[None]] | None = None
@@ -341,16 +505,20 @@ class SMTPSession:
         self._prefetched: tuple[Envelope, list[bytes]] | None = None
 
     def _new_transcript(self) -> Transcript:
-        transcript = Transcript(
+        return Transcript(
             max_chars=self.settings.transcript_max_chars,
             enabled=self.settings.record_transcript,
+            secrets=self.secrets,
         )
-        transcript.add_secrets([self.settings.password])
-        return transcript
 
     @property
     def is_open(self) -> bool:
         return self.smtp is not None and self.smtp.is_connected
+
+    @property
+    def body_in_flight(self) -> bool:
+        """A body was written and its final reply not read: the server may have it."""
+        return self._awaiting_final_reply
 
     def can_take(self, max_messages: int) -> bool:
         """Whether another message may use this connection (ours and RFC 9422 MAILMAX)."""
@@ -364,7 +532,40 @@ class SMTPSession:
     # -- connection set-up ---------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect, negotiate TLS, EHLO and AUTH. Raises :class:`SMTPFailure`."""
+        """Connect, negotiate TLS, EHLO and AUTH. Raises :class:`SMTPFailure`, nothing else
+        (but ``asyncio.CancelledError``)."""
+        try:
+            await self._open()
+        except SMTPFailure:
+            raise
+        except MalformedReply as exc:
+            self._close()
+            # Garbage before any reply could be classified: the provider backs off.
+            raise SMTPFailure(
+                f"malformed reply to {self.stage.label}: {exc.reason}",
+                outcome=Outcome.TRANSIENT_FAILURE,
+                provider_level=True,
+                received=exc.received,
+            ) from exc
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            self._close()
+            # Nothing about the message was said yet: the provider's failure. A server that
+            # drops every connection at EHLO would otherwise use up every message's attempts.
+            raise SMTPFailure(
+                f"connection failed during set-up ({self.stage.label}): {exc}",
+                outcome=Outcome.TRANSIENT_FAILURE,
+                provider_level=True,
+            ) from exc
+        except Exception as exc:
+            self._close()
+            self.transcript.event(f"unexpected error at {self.stage.label}: {exc!r}")
+            raise SMTPFailure(
+                f"unexpected error during set-up ({self.stage.label}): {exc!r}",
+                outcome=Outcome.TRANSIENT_FAILURE,
+                provider_level=True,
+            ) from exc
+
+    async def _open(self) -> None:
         s = self.settings
         t = self.transcript
         implicit = s.tls == "implicit"
@@ -381,28 +582,7 @@ class SMTPSession:
         )
         self.smtp = smtp
         t.event(f"connecting to {s.host}:{s.port} ({'implicit TLS' if implicit else 'plain'})")
-        try:
-            greeting = await smtp.connect()
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            t.server(exc.code, exc.message)
-            raise SMTPFailure(
-                f"server greeting was not 220: {exc.code} {exc.message}",
-                outcome=Outcome.TRANSIENT_FAILURE,
-                provider_level=True,
-                reply=Reply(exc.code, exc.message),
-            ) from exc
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                raise self._certificate_failure(cause) from exc
-            t.event(f"connection failed: {exc}")
-            raise SMTPFailure(
-                f"could not connect to {s.host}:{s.port}: {exc}",
-                outcome=Outcome.TRANSIENT_FAILURE,
-                provider_level=True,
-            ) from exc
-        self.peer_address = _peer(smtp)
-        t.server(greeting.code, greeting.message)
+        await self._greeting(smtp)
         if implicit:
             self._note_tls()
         await self._ehlo()
@@ -424,13 +604,45 @@ class SMTPSession:
                 await self._starttls(tls_context)
         await self._authenticate()
 
+    async def _greeting(self, smtp: RecordingSMTP) -> None:
+        s = self.settings
+        self.stage = Stage.GREETING
+        try:
+            greeting = await smtp.connect()
+        except MalformedReply as exc:
+            _log_malformed(self.transcript, exc)
+            raise
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise self._certificate_failure(cause) from exc
+            self.transcript.event(f"connection failed: {exc}")
+            raise SMTPFailure(
+                f"could not connect to {s.host}:{s.port}: {exc}",
+                outcome=Outcome.TRANSIENT_FAILURE,
+                provider_level=True,
+            ) from exc
+        self.peer_address = _peer(smtp)
+        self.transcript.server(greeting.code, greeting.message)
+        if not is_success(Stage.GREETING, greeting.code):
+            if is_unexpected(Stage.GREETING, greeting.code):
+                self._close()
+            raise SMTPFailure(
+                f"server greeting was not 220: {greeting.code} {greeting.message}",
+                outcome=Outcome.TRANSIENT_FAILURE,
+                provider_level=True,
+                reply=Reply(greeting.code, greeting.message),
+            )
+
     async def _ehlo(self) -> None:
         assert self.smtp is not None
-        response = await self._guarded(self.smtp.execute_command(b"EHLO", self._ehlo_name()))
-        if response.code != 250:
+        self.stage = Stage.EHLO
+        response = await self.smtp.execute_command(b"EHLO", self._ehlo_name())
+        if not is_success(Stage.EHLO, response.code):
             # RFC 5321 §3.2: fall back to HELO for servers without ESMTP.
-            response = await self._guarded(self.smtp.execute_command(b"HELO", self._ehlo_name()))
-            if response.code != 250:
+            self.stage = Stage.HELO
+            response = await self.smtp.execute_command(b"HELO", self._ehlo_name())
+            if not is_success(Stage.HELO, response.code):
                 raise SMTPFailure(
                     f"server refused EHLO and HELO: {response.code} {response.message}",
                     outcome=Outcome.TRANSIENT_FAILURE,
@@ -455,10 +667,13 @@ class SMTPSession:
 
     async def _starttls(self, tls_context: ssl.SSLContext | None) -> None:
         assert self.smtp is not None
+        self.stage = Stage.STARTTLS
         try:
             await self.smtp.starttls(tls_context=tls_context, server_hostname=self.settings.host)
         except ssl.SSLCertVerificationError as exc:
             raise self._certificate_failure(exc) from exc
+        except MalformedReply:
+            raise
         except aiosmtplib.SMTPResponseException as exc:
             raise SMTPFailure(
                 f"STARTTLS refused: {exc.code} {exc.message}",
@@ -488,8 +703,10 @@ class SMTPSession:
         )
 
     def _note_tls(self) -> None:
-        assert self.smtp is not None and self.smtp.transport is not None
-        ssl_object = self.smtp.transport.get_extra_info("ssl_object")
+        transport = self.smtp.transport if self.smtp is not None else None
+        if transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None:
             return
         self.tls_version = ssl_object.version() or ""
@@ -509,7 +726,32 @@ class SMTPSession:
         s = self.settings
         if not s.username:
             return
-        assert self.smtp is not None
+        self.stage = Stage.AUTH
+        mechanism = self._auth_mechanism()
+        try:
+            if mechanism == "XOAUTH2":
+                await self._auth_xoauth2()
+            else:
+                await self._auth_password(mechanism)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            reply = Reply(exc.code, exc.message)
+            verdict = judge(Stage.AUTH, reply, s.reply_rules).verdict
+            if is_unexpected(Stage.AUTH, exc.code):
+                self._close()  # e.g. a 334 after the last step: the server still waits
+            raise SMTPFailure(
+                f"authentication with {mechanism} failed: {exc.code} {exc.message}",
+                outcome=Outcome.CONFIG_ERROR
+                if verdict in (Verdict.PERMANENT, Verdict.PROVIDER)
+                else Outcome.TRANSIENT_FAILURE,
+                provider_level=True,
+                reply=reply,
+            ) from exc
+        self.auth_mechanism = mechanism
+        self.transcript.event(f"authenticated with {mechanism}")
+
+    def _auth_mechanism(self) -> str:
+        """The first allowed mechanism the server offers; SMTPFailure when none can be used."""
+        s = self.settings
         if not self.uses_tls and not s.allow_plaintext_auth:
             self.transcript.event("credentials withheld: the connection is not encrypted")
             raise SMTPFailure(
@@ -538,31 +780,18 @@ class SMTPSession:
                 outcome=Outcome.CONFIG_ERROR,
                 provider_level=True,
             )
-        mechanism = usable[0]
-        try:
-            if mechanism == "XOAUTH2":
-                await self._auth_xoauth2()
-            else:
-                self.transcript.add_secrets(_password_encodings(s.username, s.password or ""))
-                method = {
-                    "PLAIN": self.smtp.auth_plain,
-                    "LOGIN": self.smtp.auth_login,
-                    "CRAM-MD5": self.smtp.auth_crammd5,
-                }[mechanism]
-                await self._guarded(method(s.username, s.password or ""))
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            reply = Reply(exc.code, exc.message)
-            verdict = classify_reply(reply, s.reply_rules).verdict
-            raise SMTPFailure(
-                f"authentication with {mechanism} failed: {exc.code} {exc.message}",
-                outcome=Outcome.TRANSIENT_FAILURE
-                if verdict == Verdict.TRANSIENT
-                else Outcome.CONFIG_ERROR,
-                provider_level=True,
-                reply=reply,
-            ) from exc
-        self.auth_mechanism = mechanism
-        self.transcript.event(f"authenticated with {mechanism}")
+        return usable[0]
+
+    async def _auth_password(self, mechanism: str) -> None:
+        assert self.smtp is not None
+        username, password = self.settings.username or "", self.settings.password or ""
+        self.secrets.add(_password_encodings(username, password))
+        method = {
+            "PLAIN": self.smtp.auth_plain,
+            "LOGIN": self.smtp.auth_login,
+            "CRAM-MD5": self.smtp.auth_crammd5,
+        }[mechanism]
+        await method(username, password)
 
     async def _auth_xoauth2(self) -> None:
         assert self.smtp is not None and self.settings.oauth2_token is not None
@@ -571,26 +800,15 @@ class SMTPSession:
             token = await _call_token_provider(
                 self.settings.oauth2_token, username=username, force_refresh=force_refresh
             )
-            self.transcript.add_secrets([token, _xoauth2_payload(username, token)])
+            self.secrets.add([token, _xoauth2_payload(username, token)])
             try:
-                await self._guarded(self.smtp.auth_xoauth2(username, token))
+                await self.smtp.auth_xoauth2(username, token)
                 return
             except aiosmtplib.SMTPAuthenticationError:
                 # A token may expire between fetching and use: refresh it once.
                 if force_refresh or not self.smtp.is_connected:
                     raise
                 self.transcript.event("XOAUTH2 token refused; asking for a fresh token")
-
-    async def _guarded(self, awaitable: Awaitable[Any]) -> Any:
-        """Run a set-up command; connection errors become a classified SMTPFailure."""
-        try:
-            return await awaitable
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            raise SMTPFailure(
-                f"connection failed during set-up: {exc}",
-                outcome=Outcome.TRANSIENT_FAILURE,
-                provider_level=False,
-            ) from exc
 
     # -- one message ----------------------------------------------------------------------
 
@@ -614,7 +832,8 @@ class SMTPSession:
         before_body: Callable[[], Awaitable[None]] | None = None,
         next_envelope: Callable[[], Envelope | None] | None = None,
     ) -> AttemptResult:
-        """Send one message over the open connection; never raises for SMTP outcomes.
+        """Send one message over the open connection; never raises for what the server or
+        the network did (only ``asyncio.CancelledError`` and :class:`BodyStartNotRecorded`).
 
         ``before_body`` is awaited after the server's 354 and before the body is written:
         the last moment at which the message is certainly not delivered. ``next_envelope``
@@ -624,29 +843,36 @@ class SMTPSession:
         """
         self._before_body = before_body
         self._lookahead = next_envelope
-        result = self._new_result(envelope)
+        self._awaiting_final_reply = False
         if self.messages_sent:
             self.transcript = self._new_transcript()
             self.transcript.event(f"reusing connection (message {self.messages_sent + 1})")
-            assert self.smtp is not None
-            self.smtp.transcript = self.transcript
-            if self._dirty:
-                await self._reset()
+            if self.smtp is not None:
+                self.smtp.transcript = self.transcript
+        result = self._new_result(envelope)
         self.messages_sent += 1
         try:
             await self._transactions(envelope, result)
-        finally:
-            result.finished_at = time.time()
-            result.transcript = self.transcript.render()
-        return result
+        except BodyStartNotRecorded:
+            raise  # the connection is closed already; the caller must stop sending
+        except asyncio.CancelledError:
+            self.abandon("cancelled")
+            raise
+        except Exception as exc:
+            self._record_failure(result, exc)
+        return finish(result, self.transcript)
 
     async def _reset(self) -> None:
         assert self.smtp is not None
-        try:
-            await self.smtp.execute_command(b"RSET")
-            self._dirty = False
-        except (aiosmtplib.SMTPException, OSError):
-            pass
+        self.stage = Stage.RSET
+        response = await self.smtp.execute_command(b"RSET")
+        if not is_success(Stage.RSET, response.code):
+            self.abandon(f"RSET was answered {response.code}")
+            raise _ConnectionUnusable(
+                f"the connection could not be reset: {response.code} {response.message}",
+                Reply(response.code, response.message),
+            )
+        self._dirty = False
 
     async def _transactions(self, envelope: Envelope, result: AttemptResult) -> None:
         pending = list(dict.fromkeys(envelope.recipients))
@@ -663,38 +889,66 @@ class SMTPSession:
         mail_params, rcpt_params = self._parameters(envelope)
         result.mail_parameters = mail_params
         result.rcpt_parameters = rcpt_params
+        for address in pending:
+            result.recipients[address] = RecipientResult(address, "pending")
         chunk_size = self._recipients_per_transaction() or max(len(pending), 1)
         chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
-        try:
-            for chunk in chunks:
-                if self._dirty:
-                    await self._reset()
-                await self._transaction(
-                    envelope, chunk, mail_params, rcpt_params, result, last=chunk is chunks[-1]
-                )
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            state = "unknown" if self._awaiting_final_reply else "deferred"
-            if state == "unknown":
-                self.transcript.event(
-                    "connection lost after the message body was sent: the server may have it"
-                )
-            result.error = f"connection failed: {exc}"
-            for address in pending:
-                if address not in result.recipients or result.recipients[address].state in (
-                    "pending",
-                ):
-                    result.recipients[address] = RecipientResult(
-                        address,
-                        state,
-                        text=str(exc),
-                        stage="data" if state == "unknown" else "conn",
-                    )
-            self._close()
-        outcome = combine_outcome(r.state for r in result.recipients.values())
-        result.outcome = outcome
-        if not result.error and outcome not in (Outcome.ACCEPTED,):
+        for index, chunk in enumerate(chunks):
+            if not self.is_open:
+                raise _ConnectionUnusable("the connection was closed before all recipients")
+            if self._dirty:
+                await self._reset()
+            await self._transaction(
+                envelope,
+                chunk,
+                mail_params,
+                rcpt_params,
+                result,
+                last=index == len(chunks) - 1,
+            )
+        self._conclude(result)
+
+    def _conclude(self, result: AttemptResult) -> None:
+        result.outcome = combine_outcome(r.state for r in result.recipients.values())
+        if not result.error and result.outcome != Outcome.ACCEPTED:
             failed = [r for r in result.recipients.values() if r.state != "accepted"]
-            result.error = "; ".join(f"{r.address}: {r.code} {r.text}" for r in failed)[:2000]
+            result.error = "; ".join(f"{r.address}: {r.code} {r.text}" for r in failed)
+
+    def _record_failure(self, result: AttemptResult, exc: Exception) -> None:
+        """The dialogue broke off during this message: each recipient without a verdict is
+        ``unknown`` if its body may have reached the server, else deferred."""
+        stage = self.stage
+        code, text = None, str(exc)
+        if isinstance(exc, MalformedReply):
+            error = f"malformed reply to {stage.label}: {exc.reason}"
+            text = result.reply_text = exc.received
+            result.reply_code = None
+        elif isinstance(exc, _ConnectionUnusable):
+            error = str(exc)
+            if exc.reply is not None:
+                code, text = exc.reply.code, exc.reply.text
+                result.reply_code, result.reply_text = code, text
+        elif isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError):
+            error = f"connection failed at {stage.label}: {exc}"
+        elif isinstance(exc, OSError):
+            error = f"connection failed at {stage.label}: {exc}"
+        else:
+            error = f"unexpected error at {stage.label}: {exc!r}"
+            self.transcript.event(error)
+        state = "unknown" if self._awaiting_final_reply else "deferred"
+        if state == "unknown":
+            self.transcript.event(
+                "no final reply after the message body was sent: the server may have it"
+            )
+        for address, recipient in result.recipients.items():
+            if recipient.state == "pending":
+                result.recipients[address] = RecipientResult(
+                    address, state, code, text, stage.value
+                )
+        result.error = error
+        self._awaiting_final_reply = False
+        self.abandon("the dialogue broke off")
+        self._conclude(result)
 
     def _recipients_per_transaction(self) -> int | None:
         """The server's RCPTMAX or our MAX_RECIPIENTS, whichever is lower (None: no limit)."""
@@ -706,6 +960,8 @@ class SMTPSession:
         caps = self.capabilities
         if recipient_count == 0:
             return "the message has no recipients"
+        if any(_CONTROL_TEXT.search(a) for a in (envelope.sender, *envelope.recipients)):
+            return "an address contains a control character"
         limit = caps.size_limit
         if limit is not None and len(envelope.data) > limit:
             return f"message is {len(envelope.data)} bytes; the server accepts at most {limit}"
@@ -767,149 +1023,171 @@ class SMTPSession:
         *,
         last: bool = True,
     ) -> None:
-        assert self.smtp is not None
-        rules = self.settings.reply_rules
-        for address in recipients:
-            result.recipients[address] = RecipientResult(address, "pending")
         self.transactions += 1
-        mail_line, *rcpt_lines = _envelope_lines(envelope, recipients, mail_params, rcpt_params)
+        lines = _envelope_lines(envelope, recipients, mail_params, rcpt_params)
         self._dirty = True
+        mail, rcpts, start = await self._envelope_replies(envelope, lines)
+        accepted = self._judge_envelope(recipients, mail, rcpts, result)
+        if start is None:
+            return  # DATA was not sent
+        if not accepted:
+            if is_success(Stage.DATA, start.code) or is_unexpected(Stage.DATA, start.code):
+                # The server waits for a body although nothing may be delivered: a "." would
+                # complete an empty message. Closing aborts the transaction (RFC 5321 §3.8).
+                self.abandon(f"DATA was answered {start.code} with no recipient accepted")
+            return
+        if not is_success(Stage.DATA, start.code):
+            self._fail(accepted, result, Reply(start.code, start.message), Stage.DATA)
+            return
+        await self._data(envelope, accepted, result, last=last)
+
+    async def _envelope_replies(
+        self, envelope: Envelope, lines: list[bytes]
+    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse | None]:
+        """The replies to MAIL, each RCPT and DATA (None when DATA was not sent)."""
+        commands = [*lines, b"DATA"]
+        stages = [Stage.MAIL, *([Stage.RCPT] * (len(lines) - 1)), Stage.DATA]
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None:
             # Written after the previous message's body; only the replies are left to read.
-            assert prefetched == (envelope, [mail_line, *rcpt_lines, b"DATA"])
+            if prefetched != (envelope, commands):
+                raise RuntimeError("the pipelined commands were written for another message")
             self.transcript.event(
                 "MAIL, RCPT and DATA went out with the previous message's body (PIPELINING)"
             )
-            replies = await self._pipeline(prefetched[1], written=True)
-            mail, rcpts, start = replies[0], replies[1:-1], replies[-1]
+            replies = await self._pipeline(commands, stages, written=True)
         elif self.capabilities.has("PIPELINING"):
-            mail, rcpts, start = await self._pipelined_envelope(mail_line, rcpt_lines)
+            # RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order.
+            replies = await self._pipeline(commands, stages)
         else:
-            mail, rcpts, start = await self._sequential_envelope(mail_line, rcpt_lines)
+            return await self._sequential_envelope(lines)
+        return replies[0], replies[1:-1], replies[-1]
 
-        if mail.code != 250:
+    async def _sequential_envelope(
+        self, lines: list[bytes]
+    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse | None]:
+        """MAIL, each RCPT, DATA: one round trip each; DATA only if the envelope went well."""
+        mail_line, *rcpt_lines = lines
+        mail = await self._command(Stage.MAIL, mail_line)
+        if not is_success(Stage.MAIL, mail.code):
+            return mail, [], None
+        rcpts = [await self._command(Stage.RCPT, line) for line in rcpt_lines]
+        if not any(is_success(Stage.RCPT, r.code) for r in rcpts) or any(
+            is_unexpected(Stage.RCPT, r.code) for r in rcpts
+        ):
+            return mail, rcpts, None
+        return mail, rcpts, await self._command(Stage.DATA, b"DATA")
+
+    async def _command(self, stage: Stage, line: bytes) -> SMTPResponse:
+        assert self.smtp is not None
+        self.stage = stage
+        return await self.smtp.execute_command(*line.split(b" "))
+
+    def _judge_envelope(
+        self,
+        recipients: list[str],
+        mail: SMTPResponse,
+        rcpts: list[SMTPResponse],
+        result: AttemptResult,
+    ) -> list[str]:
+        """The recipients the server accepted, once the others have their verdicts; none
+        when the transaction cannot go on."""
+        if not is_success(Stage.MAIL, mail.code):
             # Pipelined RCPT/DATA replies after a refused MAIL only say "need MAIL first".
-            self._fail_all(recipients, result, Reply(mail.code, mail.message), "mail", rules)
-            return
+            self._fail(recipients, result, Reply(mail.code, mail.message), Stage.MAIL)
+            return []
         accepted: list[str] = []
+        unexpected: Reply | None = None
         for address, reply in zip(recipients, rcpts, strict=True):
-            if reply.code in (250, 251):
+            if is_success(Stage.RCPT, reply.code):
                 accepted.append(address)
                 result.recipients[address] = RecipientResult(
-                    address, "pending", reply.code, reply.message, "rcpt"
+                    address, "pending", reply.code, reply.message, Stage.RCPT.value
                 )
-            else:
-                self._fail_all([address], result, Reply(reply.code, reply.message), "rcpt", rules)
-        if not accepted:
-            return
-        assert start is not None
-        if start.code != 354:
-            self._fail_all(accepted, result, Reply(start.code, start.message), "data", rules)
-            return
+                continue
+            self._fail([address], result, Reply(reply.code, reply.message), Stage.RCPT)
+            if unexpected is None and is_unexpected(Stage.RCPT, reply.code):
+                unexpected = Reply(reply.code, reply.message)
+        if unexpected is not None:
+            # What the server made of this envelope is unknown: nothing goes in it, and the
+            # recipients it did accept wait for the next attempt.
+            for address in accepted:
+                result.recipients[address] = RecipientResult(
+                    address, "deferred", unexpected.code, unexpected.text, Stage.RCPT.value
+                )
+            return []
+        return accepted
+
+    async def _data(
+        self, envelope: Envelope, accepted: list[str], result: AttemptResult, *, last: bool
+    ) -> None:
+        """After the 354: mark the body as started, send it, judge the final reply."""
         if self._before_body is not None:
-            await self._before_body()
+            try:
+                await self._before_body()
+            except asyncio.CancelledError:
+                self.abandon("cancelled before the body")
+                raise
+            except Exception as exc:
+                self.abandon("the body could not be marked as started; it was not sent")
+                raise BodyStartNotRecorded(
+                    f"marking the body as started failed, so it was not sent: {exc!r}"
+                ) from exc
         following = self._next_in_pipeline() if last else None
+        self.stage = Stage.END_OF_DATA
         final = await self._send_body(envelope.data, result, following)
         self._dirty = False  # the final reply ends the transaction, whatever it says
         reply = Reply(final.code, final.message)
+        if not is_success(Stage.END_OF_DATA, final.code):
+            self._fail(accepted, result, reply, Stage.END_OF_DATA)
+            return
         result.reply_code, result.reply_text = final.code, final.message
-        if final.code == 250:
-            result.queue_id = parse_queue_id(final.message)
-            for address in accepted:
-                result.recipients[address] = RecipientResult(
-                    address, "accepted", final.code, final.message, "data"
-                )
-        else:
-            self._fail_all(accepted, result, reply, "data", rules)
+        for address in accepted:
+            result.recipients[address] = RecipientResult(
+                address, "accepted", final.code, final.message, Stage.END_OF_DATA.value
+            )
 
-    async def _sequential_envelope(
-        self, mail_line: bytes, rcpt_lines: list[bytes]
-    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse | None]:
-        """MAIL, each RCPT, DATA: one round trip each."""
+    async def _pipeline(
+        self, lines: list[bytes], stages: list[Stage], *, written: bool = False
+    ) -> list[SMTPResponse]:
+        """Write ``lines`` at once (unless ``written`` already) and read one reply each."""
         assert self.smtp is not None
-        mail = await self.smtp.execute_command(*mail_line.split(b" "))
-        if mail.code != 250:
-            return mail, [], None
-        rcpts = [await self.smtp.execute_command(*line.split(b" ")) for line in rcpt_lines]
-        if not any(r.code in (250, 251) for r in rcpts):
-            return mail, rcpts, None
-        return mail, rcpts, await self.smtp.execute_command(b"DATA")
-
-    async def _pipelined_envelope(
-        self, mail_line: bytes, rcpt_lines: list[bytes]
-    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse | None]:
-        """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order.
-
-        aiosmtplib has no pipelining; this uses its protocol object the way its own
-        ``execute_command`` does (the command lock, the pending-reply flag), reading each
-        reply in turn, including replies that arrived together in one segment.
-        """
-        lines = [mail_line, *rcpt_lines, b"DATA"]
-        replies = await self._pipeline(lines)
-        mail, rcpts, start = replies[0], replies[1:-1], replies[-1]
-        accepted = mail.code == 250 and any(r.code in (250, 251) for r in rcpts)
-        if start.code == 354 and not accepted:
-            # The server opened DATA although nothing can be delivered: end it empty.
-            await self._pipeline([b"."])
-            return mail, rcpts, None
-        return mail, rcpts, (start if accepted else None)
-
-    async def _pipeline(self, lines: list[bytes], *, written: bool = False) -> list[SMTPResponse]:
-        assert self.smtp is not None and self.smtp.protocol is not None
-        protocol = self.smtp.protocol
+        protocol = self.smtp.strict_protocol
         _check_commands(lines)
-        lock = protocol._command_lock
-        if lock is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        async with lock:
-            protocol._response_pending = True
+        async with protocol.exchange():
             if not written:
+                protocol.refuse_unasked_data()
                 protocol.write(b"".join(line + b"\r\n" for line in lines))
             for line in lines:
                 self.transcript.client(line.decode("utf-8", "replace"))
             replies = []
-            try:
-                for _ in lines:
-                    reply = await self._next_reply(protocol)
-                    self.transcript.server(reply.code, reply.message)
-                    replies.append(reply)
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-                self._note_lost(exc, "a reply")
-                raise
-            finally:
-                protocol._response_pending = False
+            for stage in stages:
+                self.stage = stage
+                replies.append(await self._read_reply(protocol, "a reply"))
         return replies
 
-    def _note_lost(self, exc: Exception, waiting_for: str) -> None:
-        if isinstance(exc, aiosmtplib.SMTPTimeoutError):
-            self.transcript.event(f"timed out waiting for {waiting_for}")
-        else:
-            self.transcript.event("connection lost")
-
-    async def _next_reply(self, protocol: Any) -> SMTPResponse:
-        # Replies already waiting in the buffer are parsed from there (ReplyKeepingProtocol).
+    async def _read_reply(self, protocol: ReplyKeepingProtocol, waiting_for: str) -> SMTPResponse:
         try:
-            return await protocol.read_response(timeout=self.settings.timeout)
-        finally:
-            # Keep accepting the replies still to come (aiosmtplib drops unsolicited data).
-            protocol._response_pending = True
+            reply = await protocol.next_reply(self.settings.timeout)
+        except MalformedReply as exc:
+            _log_malformed(self.transcript, exc)
+            raise
+        except aiosmtplib.SMTPTimeoutError:
+            self.transcript.event(f"timed out waiting for {waiting_for}")
+            raise
+        except aiosmtplib.SMTPServerDisconnected:
+            self.transcript.event("connection lost")
+            raise
+        self.transcript.server(reply.code, reply.message)
+        return reply
 
-    def _fail_all(
-        self,
-        addresses: list[str],
-        result: AttemptResult,
-        reply: Reply,
-        stage: str,
-        rules: Sequence[ReplyRule],
+    def _fail(
+        self, addresses: list[str], result: AttemptResult, reply: Reply, stage: Stage
     ) -> None:
-        classification = classify_reply(reply, rules)
-        state = {
-            Verdict.OK: "accepted",
-            Verdict.TRANSIENT: "deferred",
-            Verdict.PERMANENT: "rejected",
-            Verdict.PROVIDER: "deferred",
-        }[classification.verdict]
+        """``reply`` (not the stage's success) is the verdict for ``addresses``."""
+        classification = judge(stage, reply, self.settings.reply_rules)
+        # A failure is never an acceptance, whatever a rule says.
+        state = "rejected" if classification.verdict == Verdict.PERMANENT else "deferred"
         if classification.verdict == Verdict.PROVIDER:
             result.provider_level = True
         if classification.rule is not None and (
@@ -919,12 +1197,14 @@ class SMTPSession:
             result.pause_reason = classification.rule.description or str(reply)
         if classification.retry_after_seconds is not None:
             result.retry_after_seconds = classification.retry_after_seconds
-        if result.reply_code is None or stage != "rcpt":
+        if result.reply_code is None or stage != Stage.RCPT:
             result.reply_code, result.reply_text = reply.code, reply.text
         for address in addresses:
             result.recipients[address] = RecipientResult(
-                address, state, reply.code, reply.text, stage
+                address, state, reply.code, reply.text, stage.value
             )
+        if is_unexpected(stage, reply.code):
+            self.abandon(f"{stage.label} was answered {reply.code}, which it never is")
 
     def _next_in_pipeline(self) -> tuple[Envelope, list[bytes]] | None:
         """The next message's MAIL, RCPT and DATA, to follow this body (RFC 2920 §3.1: the
@@ -939,8 +1219,11 @@ class SMTPSession:
         if self._local_refusal(following, len(recipients)) or (most and len(recipients) > most):
             return None  # it goes the ordinary way, in its own turn
         mail_params, rcpt_params = self._parameters(following, quiet=True)
-        lines = [*_envelope_lines(following, recipients, mail_params, rcpt_params), b"DATA"]
-        _check_commands(lines)
+        try:
+            lines = [*_envelope_lines(following, recipients, mail_params, rcpt_params), b"DATA"]
+            _check_commands(lines)
+        except ValueError:
+            return None  # its own send() will say why
         return following, lines
 
     async def _send_body(
@@ -955,51 +1238,40 @@ class SMTPSession:
         dies; we need that line (it separates ``transient`` from ``unknown``), so this does
         the second half of its DATA exchange with the same protocol calls.
         """
-        assert self.smtp is not None and self.smtp.protocol is not None
-        protocol = self.smtp.protocol
+        assert self.smtp is not None
+        protocol = self.smtp.strict_protocol  # the server may have gone after its 354
         payload = _dot_stuffed(data)
         self.transcript.body(data)
         if following is not None:
             self.transcript.event("the next message's MAIL, RCPT and DATA follow (PIPELINING)")
             payload += b"".join(line + b"\r\n" for line in following[1])
-        lock = protocol._command_lock
-        if lock is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        async with lock:
-            protocol._response_pending = True
+        async with protocol.exchange(keep_listening=following is not None):
+            protocol.refuse_unasked_data()
             protocol.write(payload)
             result.body_sent = True
             self._awaiting_final_reply = True
             self._prefetched = following
-            try:
-                response = await protocol.read_response(timeout=self.settings.timeout)
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-                self._note_lost(exc, "the final reply")
-                raise
-            if following is not None:
-                protocol._response_pending = True  # their replies are on the way: keep them
+            final = await self._read_reply(protocol, "the final reply")
         self._awaiting_final_reply = False
-        self.transcript.server(response.code, response.message)
-        return response
+        return final
 
     # -- closing --------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        if self.smtp is None:
-            return
-        if self._prefetched is not None and self.smtp.is_connected:
-            # The server is inside the next transaction's DATA: a QUIT would be read as
-            # message text. Dropping the connection aborts that transaction (RFC 5321 §3.8).
-            self.transcript.event("closed without QUIT: a pipelined transaction was not used")
-            self._prefetched = None
-            self._close()
-        elif self.smtp.is_connected:
-            try:
-                await asyncio.wait_for(self.smtp.quit(), timeout=min(self.settings.timeout, 5))
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                pass
+    def abandon(self, reason: str) -> None:
+        """Close at once, without QUIT: the server's state is not what we think, or it is
+        inside a transaction that must not complete (RFC 5321 §3.8: closing aborts it)."""
+        if self.is_open:
+            self.transcript.event(f"closing the connection without QUIT: {reason}")
+        self._prefetched = None
         self._close()
 
+    async def close(self) -> None:
+        """QUIT if the dialogue allows it, then close; never raises (but cancellation)."""
+        try:
+            await self._quit()
+        except Exception:  # the connection goes anyway
+            pass
+        self._close()
         # Let the transport finish closing (a TLS shutdown takes a loop turn or two) before
         # the event loop goes away, or the socket is left for the garbage collector.
         if self.smtp is not None and self.peer_address:
@@ -1008,34 +1280,44 @@ class SMTPSession:
             except TimeoutError:
                 pass
 
+    async def _quit(self) -> None:
+        if self.smtp is None or not self.smtp.is_connected:
+            return
+        if self._prefetched is not None:
+            # The server is inside the next transaction's DATA: a QUIT would be read as
+            # message text. Dropping the connection aborts that transaction (RFC 5321 §3.8).
+            self.transcript.event("closed without QUIT: a pipelined transaction was not used")
+            self._prefetched = None
+            return
+        self.stage = Stage.QUIT
+        await asyncio.wait_for(self.smtp.quit(), timeout=min(self.settings.timeout, 5))
+
     def _close(self) -> None:
         if self.smtp is not None:
             self.smtp.close()
 
 
 def failure_result(session: SMTPSession, envelope: Envelope, failure: SMTPFailure) -> AttemptResult:
-    """The attempt record of a message whose connection could not be set up."""
+    """The attempt record of a message whose connection could not be set up (or whose
+    session failed in a way it could not record itself)."""
     result = session._new_result(envelope)
     result.outcome = failure.outcome
     result.provider_level = failure.provider_level
-    result.error = session.transcript.scrub(str(failure))
+    result.error = str(failure)
     if failure.reply is not None:
         result.reply_code, result.reply_text = failure.reply.code, failure.reply.text
+    else:
+        result.reply_text = failure.received
     for address in dict.fromkeys(envelope.recipients):
         result.recipients[address] = RecipientResult(
-            address,
-            "deferred",
-            failure.reply.code if failure.reply else None,
-            result.error,
-            "connect",
+            address, "deferred", result.reply_code, str(failure), session.stage.value
         )
-    result.finished_at = time.time()
-    result.transcript = session.transcript.render()
-    return result
+    return finish(result, session.transcript)
 
 
 async def deliver(settings: ServerSettings, envelope: Envelope) -> AttemptResult:
-    """Open a connection, send one message, close. Never raises for SMTP outcomes."""
+    """Open a connection, send one message, close. Raises only ``asyncio.CancelledError``
+    and, from ``send()``, :class:`BodyStartNotRecorded` (which needs a ``before_body``)."""
     session = SMTPSession(settings)
     try:
         await session.open()
@@ -1046,7 +1328,7 @@ async def deliver(settings: ServerSettings, envelope: Envelope) -> AttemptResult
         result = await session.send(envelope)
     finally:
         await session.close()
-    result.transcript = session.transcript.render()
+    result.transcript = session.transcript.render()  # with the QUIT
     return result
 
 
@@ -1097,9 +1379,16 @@ def _xoauth2_payload(username: str, token: str) -> str:
 async def _call_token_provider(
     provider: TokenProvider, *, username: str, force_refresh: bool
 ) -> str:
-    token = provider(username=username, force_refresh=force_refresh)
-    if inspect.isawaitable(token):
-        token = await token
+    try:
+        token = provider(username=username, force_refresh=force_refresh)
+        if inspect.isawaitable(token):
+            token = await token
+    except Exception as exc:  # the project's own code: a configuration matter
+        raise SMTPFailure(
+            f"the OAuth2 token provider failed: {exc!r}",
+            outcome=Outcome.CONFIG_ERROR,
+            provider_level=True,
+        ) from exc
     if not isinstance(token, str) or not token:
         raise SMTPFailure(
             "the OAuth2 token provider returned no token",

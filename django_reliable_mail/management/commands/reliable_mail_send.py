@@ -3,12 +3,18 @@
 manage.py reliable_mail_send                 # one pass over what is due, then exit
 manage.py reliable_mail_send --loop          # keep going until stopped (SIGTERM/SIGINT)
 manage.py reliable_mail_send --loop --idle-exit 30   # stop after 30 s with nothing to do
+
+With ``--loop`` it is a service: a pass that fails is logged and the next one comes after
+a growing wait; only SIGTERM/SIGINT (or ``--idle-exit``) stops it. A pass that claims
+nothing is idle, whether nothing is due or its provider is paused.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import threading
 import time
 
 from django.core.management.base import BaseCommand, CommandError
@@ -17,6 +23,10 @@ from ... import delivery
 from ...conf import get_config
 from ...exceptions import ReliableMailConfigError
 from ...tasks import STREAM_BATCH
+
+logger = logging.getLogger(__name__)
+#: The longest wait between passes after failed ones (they double from the interval).
+MAX_FAILURE_WAIT = 60.0
 
 
 class Command(BaseCommand):
@@ -63,10 +73,10 @@ class Command(BaseCommand):
                 config.provider(options["provider"])
         except ReliableMailConfigError as exc:
             raise CommandError(str(exc)) from exc
-        stopping = {"now": False}
+        stopping = threading.Event()
 
         def stop(signum, frame):
-            stopping["now"] = True
+            stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -76,16 +86,17 @@ class Command(BaseCommand):
         total = delivery.RunSummary()
         idle_since = time.monotonic()
         limit = options["limit"]
-        while not stopping["now"]:
-            total.recovered += delivery.recover_expired_leases(config=config)
-            batch = options["batch"] if not limit else min(options["batch"], limit - total.attempts)
-            summary = delivery.deliver_due(
-                config=config,
-                provider=options["provider"],
-                limit=batch,
-                # A limit counts attempts: a stream would overshoot it.
-                keep_going_seconds=0 if limit else options["keep_going"],
-            )
+        failures = 0
+        while not stopping.is_set():
+            try:
+                summary = self._pass(config, options, total)
+                failures = 0
+            except Exception:
+                # A pass that fails (the database gone, a bug) must not end a service: log
+                # it, wait longer each time, go on. Its messages are in the database.
+                failures += 1
+                logger.exception("a delivery pass failed (%d in a row)", failures)
+                summary = delivery.RunSummary()
             total.add(summary)
             if progress and summary.attempts:
                 self.stdout.write(
@@ -98,11 +109,15 @@ class Command(BaseCommand):
             if summary.claimed:
                 idle_since = time.monotonic()
                 continue
+            # Nothing claimed (nothing due, its provider paused, or the pass failed): idle.
             if not options["loop"]:
                 break
             if options["idle_exit"] and time.monotonic() - idle_since >= options["idle_exit"]:
                 break
-            time.sleep(options["interval"])
+            wait = options["interval"]
+            if failures:
+                wait = min(max(wait, 1.0) * 2 ** min(failures - 1, 6), MAX_FAILURE_WAIT)
+            stopping.wait(wait)
         if progress:
             self.stdout.write("")
         self.stdout.write(
@@ -111,3 +126,18 @@ class Command(BaseCommand):
             f"{total.held} held, {total.released} released, {total.recovered} recovered."
         )
         sys.stdout.flush()
+
+    def _pass(self, config, options, total: delivery.RunSummary) -> delivery.RunSummary:
+        """Return expired leases, then deliver one batch (or stream) of what is due."""
+        recovered = delivery.recover_expired_leases(config=config)
+        limit = options["limit"]
+        batch = options["batch"] if not limit else min(options["batch"], limit - total.attempts)
+        summary = delivery.deliver_due(
+            config=config,
+            provider=options["provider"],
+            limit=batch,
+            # A limit counts attempts: a stream would overshoot it.
+            keep_going_seconds=0 if limit else options["keep_going"],
+        )
+        summary.recovered += recovered
+        return summary
