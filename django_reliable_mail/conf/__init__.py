@@ -16,7 +16,7 @@ Modules: ``values`` (the frozen types), ``tables`` (every key: kind, range, defa
 
 from .kinds import LONGEST_SECONDS, RATE_RE, RATE_UNITS
 from .loading import config_for_mailer, config_with_options, get_config
-from .sources import DJANGO_OPTION_ALIASES, options_to_provider_keys
+from .sources import DJANGO_OPTION_ALIASES, SECRET_ARGUMENTS, options_to_provider_keys
 from .tables import (
     BACKOFFS,
     DEFAULT_PORTS,
@@ -45,6 +45,7 @@ __all__ = [
     "RETRY_DEFAULTS",
     "RULE_KEYS",
     "RULE_OUTCOMES",
+    "SECRET_ARGUMENTS",
     "SETTING",
     "SMTP_PROCESS_POLICIES",
     "TOP_LEVEL_DEFAULTS",

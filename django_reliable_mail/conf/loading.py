@@ -15,8 +15,9 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from ..exceptions import ReliableMailConfigError
-from .sources import options_to_provider_keys
+from ..exceptions import ReliableMailConfigError, TLSConflictError
+from .report import Report
+from .sources import TLS_CONFLICT_ID, options_to_provider_keys
 from .validation import validate
 from .values import SETTING, Config, Problem
 
@@ -25,9 +26,10 @@ def _raise_for(problems: list[Problem]) -> None:
     errors = [p for p in problems if not p.warning]
     if errors:
         lines = "\n".join(f"  {p.id}: {p}" for p in errors)
-        raise ReliableMailConfigError(
-            f"django-reliable-mail is misconfigured:\n{lines}", problems=errors
-        )
+        # Both TLS flags on is a ValueError in Django too: code that expects that still works.
+        conflict = any(p.id == f"reliable_mail.{TLS_CONFLICT_ID}" for p in errors)
+        error = TLSConflictError if conflict else ReliableMailConfigError
+        raise error(f"django-reliable-mail is misconfigured:\n{lines}", problems=errors)
 
 
 @lru_cache(maxsize=1)
@@ -49,12 +51,14 @@ def config_with_options(
     if not options:
         return base, name
     source = f"MAILERS[{alias!r}]['OPTIONS']" if alias else "EmailBackend options"
+    report = Report()
+    overrides = options_to_provider_keys(options, base=base.provider(name), report=report)
     config, problems = validate(
-        overrides=options_to_provider_keys(options),
+        overrides=overrides,
         override_provider=name,
         override_source=source,
     )
-    _raise_for(problems)
+    _raise_for(report.problems + problems)
     assert config is not None
     return config, name
 

@@ -17,7 +17,7 @@ from ..providers import preset
 from .reading import Layer, Readings, read_table, report_unknown_keys
 from .report import Path, Report
 from .rules import PROVIDER_RULES, ProviderDraft, default_provider, routes_lead_to_providers
-from .sources import DJANGO_SOURCE, django_email_settings, options_layer
+from .sources import DJANGO_SOURCE, DjangoSource, Overrides, django_email_source, options_layer
 from .tables import DEFAULT_PORTS, PRESET_FIELDS, PROVIDER, SERVER_FIELDS, TOP_LEVEL
 from .values import SETTING, Config, Problem, ProviderConfig
 from .wording import shown, type_name
@@ -26,20 +26,23 @@ from .wording import shown, type_name
 def validate(
     raw: Any = None,
     *,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Overrides | Mapping[str, Any] | None = None,
     override_provider: str | None = None,
     override_source: str = "OPTIONS",
 ) -> tuple[Config | None, list[Problem]]:
-    """Validate ``RELIABLE_MAIL`` (read from settings when ``raw`` is None).
+    """Validate ``RELIABLE_MAIL`` (read from settings when ``raw`` is None; without it,
+    Django's ``EMAIL_*`` settings).
 
     ``overrides`` are provider keys applied on top of ``override_provider`` (backend options).
     """
     source = SETTING
+    report = Report()
+    django_source: DjangoSource | None = None
     if raw is None:
         raw = getattr(settings, SETTING, None)
     if raw is None:
-        raw, source = django_email_settings(), DJANGO_SOURCE
-    report = Report()
+        django_source = django_email_source(report)
+        raw, source = django_source.settings, DJANGO_SOURCE
     if not isinstance(raw, Mapping):
         report.error("E001", f"{SETTING} must be a dict, not {type_name(raw)}.")
         return None, report.problems
@@ -47,7 +50,9 @@ def validate(
     report_unknown_keys(TOP_LEVEL, raw, root, report)
     top = read_table(TOP_LEVEL, [Layer.of(raw, root)], home=root, report=report)
     entries = top["PROVIDERS"] if isinstance(top["PROVIDERS"], dict) else {}
-    options = options_layer(overrides or {}, override_source, report)
+    if not isinstance(overrides, Overrides):
+        overrides = Overrides(dict(overrides or {}), {})
+    options = options_layer(overrides, override_source, report)
     providers: dict[str, ProviderConfig] = {}
     raw_providers: dict[str, dict[str, object]] = {}
     for name, values in entries.items():
@@ -58,6 +63,7 @@ def validate(
             options=options if name == override_provider else None,
             names=entries.keys(),
             report=report,
+            given=django_source.provider_layer() if django_source else None,
         )
         if read is not None:
             providers[name], raw_providers[name] = read
@@ -85,14 +91,19 @@ def read_provider(
     options: Layer | None,
     names: Collection[str],
     report: Report,
+    given: Layer | None = None,
 ) -> tuple[ProviderConfig, dict[str, object]] | None:
-    """One provider through the table and its rules; None when it has errors."""
+    """One provider through the table and its rules; None when it has errors.
+
+    ``given``: the provider's values with the paths they were read from, where those are
+    not keys of ``RELIABLE_MAIL`` (Django's ``EMAIL_*`` settings)."""
     if not isinstance(values, Mapping):
         report.error("E003", f"{at} must be a dict, not {shown(values)}.")
         return None
     errors = report.error_count
     report_unknown_keys(PROVIDER, values, at, report)
-    layers = [Layer.of(values, at)] if options is None else [options, Layer.of(values, at)]
+    own = given or Layer.of(values, at)
+    layers = [own] if options is None else [options, own]
     head = read_table(PRESET_FIELDS, layers, home=at, report=report)
     preset_values = _preset_values(head)
     layers.append(Layer.of(preset_values, at, given=False))
