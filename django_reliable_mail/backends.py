@@ -224,22 +224,20 @@ class EmailBackend(BaseEmailBackend):
     def _first_attempt(
         self, ids: list[int], handles: dict[int, SendStatus]
     ) -> DeliveryError | None:
-        """Send these stored messages now, in order, over the kept session (or one for
-        this call); bring their handles up to date; return the first failure for good.
+        """Send these stored messages now, in order, over the kept session (or a new one);
+        bring their handles up to date; return the first failure for good.
 
         Never raises: whatever a server or the database does here, the messages are stored,
         and what this attempt could not do the worker does (due messages, expired leases).
         """
-        keeper = self._sessions or SessionKeeper()
         try:
-            delivery.deliver_messages(ids, config=self.config, sessions=keeper)
+            delivery.deliver_messages(
+                ids, config=self.config, in_order=True, sessions=self._sessions
+            )
             return _first_failure(ids, handles)
         except Exception:
             logger.exception("sending message(s) %s now failed; they wait in the queue", ids)
             return None
-        finally:
-            if keeper is not self._sessions:
-                keeper.close()
 
 
 def _arguments_to_store(

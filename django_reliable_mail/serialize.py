@@ -58,20 +58,26 @@ def envelope_address(value: Any, *, role: str) -> str:
     stays quoted, with only ``"`` and ``\\`` escaped; one that needs no quotes loses them
     (RFC 5322 3.4.1). A non-ASCII local part is kept as it is (it needs SMTPUTF8 when sent);
     a non-ASCII domain is IDNA-encoded; ``[192.0.2.1]`` and ``[IPv6:…]`` literals are kept
-    (IPv6 in its compressed form). Anything else raises :class:`InvalidMessageError` naming
-    the role, the address and the reason; a line break :class:`HeaderInjectionError`.
+    (IPv6 in its compressed form). A dot-atom without any ``@`` (``tester``) is kept as it
+    is, as Django's SMTP backend sends it: a local relay adds its own domain. Anything else
+    raises :class:`InvalidMessageError` naming the role, the address and the reason (its
+    message starts with "Invalid address", like Django's ``ValueError``); a line break
+    :class:`HeaderInjectionError`.
     """
     text = str(value or "")
     if BARE_ADDRESS.match(text):  # the common case, without the parser
         return _within_limit(text, role)
-    _check_header_text(text, what=f"{role} address")
+    try:
+        _check_header_text(text, what=f"{role} address")
+    except InvalidMessageError as exc:
+        raise type(exc)(f"Invalid address: {exc}") from None
     local, domain = _split_addr_spec(_addr_spec(text, role), text, role)
-    return _within_limit(f"{local}@{domain}", role)
+    return _within_limit(f"{local}@{domain}" if domain else local, role)
 
 
 def _invalid(text: str, role: str, reason: str) -> InvalidMessageError:
     return InvalidMessageError(
-        f"The {role} address {text!r} is not a valid email address: {reason}."
+        f"Invalid address: the {role} address {text!r} is not a valid email address: {reason}."
     )
 
 
@@ -125,6 +131,8 @@ def _split_addr_spec(spec: str, text: str, role: str) -> tuple[str, str]:
         local, domain = _shortest_local_part(content, text, role), rest[1:]
     else:
         local, at, domain = spec.partition("@")  # an unquoted local part has no "@"
+        if not at and _DOT_STRING.match(local):
+            return local, ""  # a local user ("tester"), for the relay to qualify
         if not at:
             raise _invalid(text, role, "it has no '@'")
         if not _DOT_STRING.match(local):

@@ -72,7 +72,9 @@ class DjangoSource:
     paths: dict[str, Path] = field(default_factory=dict)
 
     def provider_layer(self) -> Layer:
-        return Layer(self.settings["PROVIDERS"]["default"], self.paths)
+        values = self.settings["PROVIDERS"]["default"]
+        root = Path(DJANGO_SOURCE)
+        return Layer(values, {key: self.paths.get(key, root / key) for key in values})
 
 
 def django_email_source(report: Report) -> DjangoSource:

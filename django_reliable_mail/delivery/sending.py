@@ -135,13 +135,14 @@ def deliver_due(
     ids: Iterable[int] | None = None,
     limit: int = 100,
     keep_going_seconds: float = 0,
+    in_order: bool = False,
     sessions: SessionKeeper | None = None,
 ) -> RunSummary:
     """Claim due messages, send them per provider over reused connections, record.
 
-    With ``sessions`` (a backend's first attempts), each group goes over one connection,
-    so a provider gets the messages in the order of their ids, and that connection comes
-    from and goes back to the keeper.
+    ``in_order`` (a backend's first attempts): each group goes over one connection, so a
+    provider gets the messages in the order of their ids. With ``sessions`` that
+    connection comes from and goes back to the keeper (``with connection:``).
 
     With ``keep_going_seconds``, a batch of one provider becomes a stream: the next batch of
     ``limit`` is claimed while the connections are still sending, until nothing of that
@@ -156,7 +157,7 @@ def deliver_due(
         with suppress(OSError):
             shared_helper()  # a new helper starts up meanwhile (a tenth of a second)
     messages = claim(config=config, provider=provider, ids=ids, limit=limit)
-    if sessions is not None:
+    if in_order:
         messages.sort(key=lambda message: message.pk)
     summary.claimed = len(messages)
     groups: dict[GroupKey, list[OutboundMessage]] = {}
@@ -173,6 +174,7 @@ def deliver_due(
                 given=given,
                 refill_limit=limit if stream else 0,
                 keep_going_seconds=keep_going_seconds,
+                in_order=in_order,
                 sessions=sessions,
             )
         )
@@ -187,6 +189,7 @@ def _deliver_group(
     given: Config | None,
     refill_limit: int = 0,
     keep_going_seconds: float = 0,
+    in_order: bool = False,
     sessions: SessionKeeper | None = None,
 ) -> RunSummary:
     """One group's batch; whatever goes wrong in it stays in it."""
@@ -216,6 +219,7 @@ def _send_group(
     messages: list[OutboundMessage],
     *,
     keep_going_seconds: float,
+    in_order: bool = False,
     sessions: SessionKeeper | None = None,
 ) -> None:
     name, _, disable_once, _ = database.key
@@ -231,7 +235,7 @@ def _send_group(
         )
     refill_limit = database.refill_limit
     plan = StreamPlan(
-        max_connections=1 if sessions is not None else provider.max_connections,
+        max_connections=1 if in_order else provider.max_connections,
         max_messages_per_connection=provider.max_messages_per_connection,
         mark_window=_mark_window(provider.rate_limit),
         rate_limited=provider.rate_limit is not None,
@@ -243,7 +247,7 @@ def _send_group(
     )
     batch = [(m.pk, envelope_for(m)) for m in messages]
     streaming = refill_limit > 0
-    with _helper_for(config, server, streaming=streaming, beside=sessions is not None) as helper:
+    with _helper_for(config, server, streaming=streaming, beside=in_order) as helper:
         if helper is None:
             connections, untouched_keys = _run_beside(server, batch, plan, database, sessions)
         else:
@@ -465,15 +469,22 @@ def deliver_messages(
     message_ids: Iterable[int],
     *,
     config: Config | None = None,
+    in_order: bool = False,
     sessions: SessionKeeper | None = None,
 ) -> RunSummary:
-    """Claim, send and record these messages (those still due), a batch at a time; with
-    ``sessions``, in order over one kept connection per provider."""
+    """Claim, send and record these messages (those still due), a batch at a time;
+    ``in_order`` over one connection per provider (``sessions``: kept ones)."""
     ids = list(message_ids)
     summary = RunSummary()
     for start in range(0, max(len(ids), 1), IDS_PER_CLAIM):
         chunk = ids[start : start + IDS_PER_CLAIM]
         summary.add(
-            deliver_due(config=config, ids=chunk, limit=max(len(chunk), 1), sessions=sessions)
+            deliver_due(
+                config=config,
+                ids=chunk,
+                limit=max(len(chunk), 1),
+                in_order=in_order,
+                sessions=sessions,
+            )
         )
     return summary
