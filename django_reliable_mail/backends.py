@@ -89,6 +89,8 @@ class EmailBackend(BaseEmailBackend):
                 "EMAIL_HOST_PASSWORD, or a MAILERS entry's OPTIONS)."
             )
         self._sessions: SessionKeeper | None = None
+        #: Django's backend has it: the open connection (here the kept session's keeper).
+        self.connection: SessionKeeper | None = None
         self._describe_as_django()
 
     def _describe_as_django(self) -> None:
@@ -120,12 +122,13 @@ class EmailBackend(BaseEmailBackend):
         except BaseException:
             keeper.close()
             raise
-        self._sessions = keeper
+        self._sessions = self.connection = keeper
         return True
 
     def close(self) -> None:
         """QUIT the kept session, if any; never raises."""
         keeper, self._sessions = self._sessions, None
+        self.connection = None
         if keeper is not None:
             keeper.close()
 

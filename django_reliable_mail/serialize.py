@@ -95,8 +95,8 @@ def _addr_spec(text: str, role: str) -> str:
     special = _DISPLAY_NAME_SPECIALS.search(masked[:opening])
     if special:
         raise InvalidMessageError(
-            f"The {role} address {text!r} is not a single email address: its display name has "
-            f"{special.group()!r} outside quotes."
+            f"Invalid address: the {role} address {text!r} is not a single email address: its "
+            f"display name has {special.group()!r} outside quotes."
         )
     return stripped[opening + 1 : -1].strip()
 

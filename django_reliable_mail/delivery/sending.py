@@ -208,7 +208,13 @@ def _deliver_group(
             in_flight=in_flight,
             summary=summary,
         )
-        _send_group(database, messages, keep_going_seconds=keep_going_seconds, sessions=sessions)
+        _send_group(
+            database,
+            messages,
+            keep_going_seconds=keep_going_seconds,
+            in_order=in_order,
+            sessions=sessions,
+        )
     except Exception as exc:
         summary.recovered += _abort(key[0], in_flight, config=group_config, error=exc)
     return summary
