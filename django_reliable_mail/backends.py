@@ -30,6 +30,7 @@ from .conf import (
     PROVIDER_DEFAULTS,
     SECRET_ARGUMENTS,
     config_with_options,
+    uses_mailer_defaults,
 )
 from .exceptions import DeliveryError, ReliableMailConfigError
 from .models import DeliveryAttempt, OutboundMessage
@@ -57,9 +58,9 @@ class EmailBackend(BaseEmailBackend):
         # are not given: None means "not set here", as in Django's backend.
         options = {k: v for k, v in options.items() if v is not None}
         if django.VERSION >= (6, 1):
+            _as_django_61_builds(alias, options, provider=provider)
             # Django reports unknown OPTIONS itself (InvalidMailer, prefixed with the alias).
-            if fail_silently is not _NOT_GIVEN:
-                kwargs["fail_silently"] = fail_silently
+            # fail_silently is ours to take, as Django's SMTP backend takes it.
             super().__init__(alias=alias, **kwargs)
         else:
             kwargs.pop("_ignore_unknown_kwargs", None)
@@ -96,8 +97,10 @@ class EmailBackend(BaseEmailBackend):
     def _describe_as_django(self) -> None:
         """The attributes Django's SMTP backend has, read from the provider in use."""
         chosen = self.config.provider(self.provider)
+        unset = None if uses_mailer_defaults(getattr(self, "alias", None)) else ""
         self.host, self.port = chosen.host, chosen.port
-        self.username, self.password = chosen.username or "", chosen.password or ""
+        self.username = chosen.username or unset
+        self.password = chosen.password or unset
         self.use_tls, self.use_ssl = chosen.tls == "starttls", chosen.tls == "implicit"
         self.timeout = chosen.timeout
         self.ssl_certfile, self.ssl_keyfile = chosen.client_certfile, chosen.client_keyfile
@@ -241,6 +244,30 @@ class EmailBackend(BaseEmailBackend):
         except Exception:
             logger.exception("sending message(s) %s now failed; they wait in the queue", ids)
             return None
+
+
+def _as_django_61_builds(
+    alias: str | None, options: dict[str, Any], *, provider: str | None
+) -> None:
+    """Django 6.1's rules for building an SMTP backend: a warning when built directly (the
+    ``EMAIL_*`` path is deprecated), and a mailer's OPTIONS checked as Django checks them."""
+    from django.core.mail import InvalidMailer
+    from django.utils.deprecation import RemovedInDjango2028Warning, warn_about_external_use
+
+    if alias is None:
+        warn_about_external_use(
+            "Directly creating EmailBackend instances is deprecated. Use mail.mailers instead.",
+            RemovedInDjango2028Warning,
+        )
+        return
+    if options.get("use_ssl") and options.get("use_tls"):
+        raise InvalidMailer(
+            "The 'use_ssl' and 'use_tls' OPTIONS are incompatible. Set at most one of them "
+            "to True.",
+            alias=alias,
+        )
+    if uses_mailer_defaults(alias) and "host" not in options and provider is None:
+        raise InvalidMailer("OPTIONS must define 'host'.", alias=alias)
 
 
 def _arguments_to_store(

@@ -15,7 +15,7 @@ Modules: ``values`` (the frozen types), ``tables`` (every key: kind, range, defa
 """
 
 from .kinds import LONGEST_SECONDS, RATE_RE, RATE_UNITS
-from .loading import config_for_mailer, config_with_options, get_config
+from .loading import config_for_mailer, config_with_options, get_config, uses_mailer_defaults
 from .sources import DJANGO_OPTION_ALIASES, SECRET_ARGUMENTS, options_to_provider_keys
 from .tables import (
     BACKOFFS,
@@ -60,5 +60,6 @@ __all__ = [
     "config_with_options",
     "get_config",
     "options_to_provider_keys",
+    "uses_mailer_defaults",
     "validate",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+import django
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -41,11 +42,24 @@ def get_config() -> Config:
     return config
 
 
+def uses_mailer_defaults(alias: str | None) -> bool:
+    """A Django 6.1 mailer without RELIABLE_MAIL: its OPTIONS alone describe the server."""
+    return bool(alias) and django.VERSION >= (6, 1) and getattr(settings, SETTING, None) is None
+
+
+def _mailer_base() -> Config:
+    config, problems = validate(for_mailer=True)
+    _raise_for(problems)
+    assert config is not None
+    return config
+
+
 def config_with_options(
     provider: str | None, options: Mapping[str, Any], *, alias: str | None
 ) -> tuple[Config, str]:
     """The configuration with backend keyword options applied to one provider."""
-    base = get_config()
+    for_mailer = uses_mailer_defaults(alias)
+    base = _mailer_base() if for_mailer else get_config()
     name = provider or base.default_provider
     base.provider(name)
     if not options:
@@ -57,6 +71,7 @@ def config_with_options(
         overrides=overrides,
         override_provider=name,
         override_source=source,
+        for_mailer=for_mailer,
     )
     _raise_for(report.problems + problems)
     assert config is not None

@@ -28,6 +28,9 @@ class ProviderDraft:
     preset: Mapping[str, object]
     #: Every provider name in PROVIDERS.
     names: Collection[str]
+    #: Read from Django's EMAIL_* settings (or a mailer's defaults), where Django's
+    #: backend would try what it is told: a doubtful combination is only a warning there.
+    from_django: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,16 +53,18 @@ def host_is_set(draft: ProviderDraft, report: Report) -> None:
 def tls_matches_port(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
     tls, port = r["TLS"], r["PORT"]
+    # Django's backend builds with any port (it fails when it connects): so do we, warned.
+    problem = report.warn if draft.from_django else report.error
     if tls == "implicit" and port in (25, 587):
-        report.error(
-            "E015",
+        problem(
+            "E015" if not draft.from_django else "W004",
             f"{r.path('TLS')} is 'implicit' but {r.path('PORT')} is {port}, "
             "a plain-text port that upgrades with STARTTLS.",
             "Use TLS 'starttls' on port 587, or port 465 for implicit TLS.",
         )
     elif tls != "implicit" and port == 465:
-        report.error(
-            "E015",
+        problem(
+            "E015" if not draft.from_django else "W004",
             f"{r.path('TLS')} is {tls!r} but {r.path('PORT')} is 465, "
             "which expects TLS from the first byte.",
             "Use TLS 'implicit' on port 465, or port 587 for STARTTLS.",

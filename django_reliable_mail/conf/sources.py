@@ -77,10 +77,17 @@ class DjangoSource:
         return Layer(values, {key: self.paths.get(key, root / key) for key in values})
 
 
-def django_email_source(report: Report) -> DjangoSource:
+def django_email_source(report: Report, *, for_mailer: bool = False) -> DjangoSource:
     """One provider named ``default`` from the ``EMAIL_*`` settings, first attempts sent in
-    the calling process (``MODE`` ``immediate``), as Django's SMTP backend sends."""
-    provider, paths = _django_email_provider(report)
+    the calling process (``MODE`` ``immediate``), as Django's SMTP backend sends.
+
+    ``for_mailer``: a Django 6.1 mailer (a backend built with an alias) ignores the
+    ``EMAIL_*`` settings, as Django's does; its OPTIONS give the host, and the port follows
+    the TLS mode (465, 587, else 25)."""
+    if for_mailer:
+        provider, paths = {"HOST": "localhost", "TLS": "none"}, {}
+    else:
+        provider, paths = _django_email_provider(report)
     values = {"DEFAULT_PROVIDER": "default", "PROVIDERS": {"default": provider}}
     return DjangoSource({**values, "MODE": "immediate"}, paths)
 
@@ -90,7 +97,7 @@ def _django_email_provider(report: Report) -> tuple[dict[str, Any], dict[str, Pa
         warnings.simplefilter("ignore")  # EMAIL_* are deprecated on 6.1, still honoured
         if hasattr(settings, "MAILERS"):
             # EMAIL_* settings cannot coexist with MAILERS (Django 6.1): OPTIONS say the rest.
-            return {"HOST": "localhost", "PORT": 25, "TLS": "none"}, {}
+            return {"HOST": "localhost", "TLS": "none"}, {}
         read = {key: getattr(settings, name, None) for key, name in _SETTING_OF.items()}
         use_ssl = bool(getattr(settings, "EMAIL_USE_SSL", False))
         use_tls = bool(getattr(settings, "EMAIL_USE_TLS", False))

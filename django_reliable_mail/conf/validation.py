@@ -29,9 +29,10 @@ def validate(
     overrides: Overrides | Mapping[str, Any] | None = None,
     override_provider: str | None = None,
     override_source: str = "OPTIONS",
+    for_mailer: bool = False,
 ) -> tuple[Config | None, list[Problem]]:
     """Validate ``RELIABLE_MAIL`` (read from settings when ``raw`` is None; without it,
-    Django's ``EMAIL_*`` settings).
+    Django's ``EMAIL_*`` settings, or with ``for_mailer`` a Django 6.1 mailer's defaults).
 
     ``overrides`` are provider keys applied on top of ``override_provider`` (backend options).
     """
@@ -41,7 +42,7 @@ def validate(
     if raw is None:
         raw = getattr(settings, SETTING, None)
     if raw is None:
-        django_source = django_email_source(report)
+        django_source = django_email_source(report, for_mailer=for_mailer)
         raw, source = django_source.settings, DJANGO_SOURCE
     if not isinstance(raw, Mapping):
         report.error("E001", f"{SETTING} must be a dict, not {type_name(raw)}.")
@@ -110,7 +111,7 @@ def read_provider(
     readings = head.merged(read_table(SERVER_FIELDS, layers, home=at, report=report))
     if readings["PORT"] is None and readings.valid("TLS"):
         readings.values["PORT"] = DEFAULT_PORTS[str(readings["TLS"])]
-    draft = ProviderDraft(name, readings, preset_values, names)
+    draft = ProviderDraft(name, readings, preset_values, names, from_django=given is not None)
     for rule in PROVIDER_RULES:
         rule.apply(draft, report)
     if report.error_count > errors:
