@@ -282,9 +282,10 @@ def _arguments_to_store(
     if alias:
         return {}, False
     secret = any(options.get(key) for key in SECRET_ARGUMENTS)
-    leave_out = SECRET_ARGUMENTS | ({"username"} if secret else set())
-    stored = {k: v for k, v in options.items() if k not in leave_out}
-    return stored, secret
+    if secret:
+        leave_out = SECRET_ARGUMENTS | {"username"}
+        return {k: v for k, v in options.items() if k not in leave_out}, True
+    return dict(options), False  # empty credentials included: they mean "no AUTH"
 
 
 def _first_failure(ids: list[int], handles: dict[int, SendStatus]) -> DeliveryError | None:

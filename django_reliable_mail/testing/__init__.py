@@ -7,7 +7,7 @@ For your own tests (Django only, no extra package):
 - :data:`outbox`: what it recorded, with ``assert_sent()``, ``assert_one()``,
   ``assert_nothing_sent()`` and ``matching()``;
 - :class:`DiscoverRunner`: Django's test runner with the test backend where it would put
-  locmem; :func:`test_backend_settings` for ``override_settings``;
+  locmem; :func:`settings_for_test_backend` for ``override_settings``;
 - the ``reliable_mail_outbox`` pytest fixture (``pytest_plugin``, loaded automatically).
 
 Loopback SMTP servers (need the ``demo`` or ``test`` extra: aiosmtpd and trustme):
@@ -25,7 +25,7 @@ from typing import Any
 #: server is used.
 _HOMES = {
     **dict.fromkeys(("EmailBackend", "Outbox", "RecordedMessage", "outbox"), "backend"),
-    **dict.fromkeys(("TEST_BACKEND", "DiscoverRunner", "test_backend_settings"), "runner"),
+    **dict.fromkeys(("TEST_BACKEND", "DiscoverRunner", "settings_for_test_backend"), "runner"),
     **dict.fromkeys(
         (
             "LoopbackSMTPServer",
@@ -50,7 +50,7 @@ __all__ = [
     "free_port",
     "make_certificate_authority",
     "outbox",
-    "test_backend_settings",
+    "settings_for_test_backend",
 ]
 
 

@@ -22,10 +22,10 @@ def reliable_mail_outbox(settings: Any) -> Iterator[Any]:
     from django.conf import settings as django_settings
 
     from .backend import outbox
-    from .runner import test_backend_settings
+    from .runner import settings_for_test_backend
 
     mailers = getattr(django_settings, "MAILERS", None)
-    for name, value in test_backend_settings(mailers).items():
+    for name, value in settings_for_test_backend(mailers).items():
         setattr(settings, name, value)
     outbox.clear()
     yield outbox

@@ -16,12 +16,12 @@ from django.test.runner import DiscoverRunner as _DiscoverRunner
 
 from .backend import outbox
 
-__all__ = ["TEST_BACKEND", "DiscoverRunner", "test_backend_settings"]
+__all__ = ["TEST_BACKEND", "DiscoverRunner", "settings_for_test_backend"]
 
 TEST_BACKEND = "django_reliable_mail.testing.EmailBackend"
 
 
-def test_backend_settings(mailers: Any = None) -> dict[str, Any]:
+def settings_for_test_backend(mailers: Any = None) -> dict[str, Any]:
     """The settings that put the test backend in place: ``MAILERS`` with every entry's
     BACKEND replaced (OPTIONS kept) when ``mailers`` is given, else ``EMAIL_BACKEND``."""
     if mailers is not None:
@@ -37,7 +37,7 @@ class DiscoverRunner(_DiscoverRunner):
     def setup_test_environment(self, **kwargs: Any) -> None:
         mailers = getattr(settings, "MAILERS", None)
         super().setup_test_environment(**kwargs)  # locmem everywhere
-        for name, value in test_backend_settings(mailers).items():
+        for name, value in settings_for_test_backend(mailers).items():
             setattr(settings, name, value)
 
     def get_resultclass(self) -> Any:
