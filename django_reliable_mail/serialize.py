@@ -131,8 +131,10 @@ def _split_addr_spec(spec: str, text: str, role: str) -> tuple[str, str]:
         local, domain = _shortest_local_part(content, text, role), rest[1:]
     else:
         local, at, domain = spec.partition("@")  # an unquoted local part has no "@"
-        if not at and _DOT_STRING.match(local):
-            return local, ""  # a local user ("tester"), for the relay to qualify
+        if not at and local.isascii() and _DOT_STRING.match(local):
+            # A local user ("tester"), for the relay to qualify. ASCII only: Django cannot
+            # write a header for a non-ASCII one without a domain.
+            return local, ""
         if not at:
             raise _invalid(text, role, "it has no '@'")
         if not _DOT_STRING.match(local):

@@ -262,6 +262,7 @@ def test_quoted_local_parts_reach_the_envelope_quoted(
         ("<john@example.com", "not a dot-atom"),
         ("John <john@example.com> <x@example.com>", "angle brackets"),
         ("john doe", "no '@'"),  # "john" alone is a local user, sent as Django sends it
+        ("¡", "no '@'"),  # found by Hypothesis: Django cannot write it into a header
     ],
 )
 def test_what_is_still_refused_names_the_address_and_the_reason(address, reason):
