@@ -1,7 +1,9 @@
 """A user switching from Django's SMTP backend: change EMAIL_BACKEND, keep the EMAIL_*
 settings. What works as in Django, what is raised and when, and what is refused loudly."""
 
+import io
 import logging
+import os
 import smtplib
 import ssl
 
@@ -414,3 +416,41 @@ def test_in_queue_mode_the_handle_says_queued(settings):
     assert msg.reliable_mail_status.status == OutboundMessage.Status.QUEUED
     assert msg.reliable_mail_status.id == OutboundMessage.objects.get().pk
     assert DeliveryAttempt.objects.count() == 0
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+
+def test_send_command_gives_back_the_callers_signal_handlers(settings):
+    import signal
+
+    from django.core.management import call_command
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    call_command("reliable_mail_send", "--no-progress", stdout=open(os.devnull, "w"))
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_the_demo_tells_its_story_without_anyone_elses_warnings(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "RELIABLE_MAIL"))}
+    env["DEMO_DB"] = str(tmp_path / "demo.sqlite3")
+    done = subprocess.run(
+        [sys.executable, str(root / "example_project" / "manage.py"), "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no deprecation notices, no log lines of the libraries
+    out = done.stdout
+    assert "statuses: 5 queued" in out and "Statuses: 1 retrying, 4 sent" in out
+    assert "attempt 2: accepted" in out  # the greylisted message, retried
+    assert "    effective:  " in out and "    used:" not in out
+    assert "msg.send() raised NotSupported" in out
+    assert "demo --serve" in out
