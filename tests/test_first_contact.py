@@ -427,7 +427,7 @@ def test_send_command_gives_back_the_callers_signal_handlers(settings):
     from django.core.management import call_command
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    call_command("reliable_mail_send", "--no-progress", stdout=open(os.devnull, "w"))
+    call_command("reliable_mail_send", "--no-progress", stdout=io.StringIO())
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
