@@ -454,3 +454,69 @@ def test_the_demo_tells_its_story_without_anyone_elses_warnings(tmp_path):
     assert "    effective:  " in out and "    used:" not in out
     assert "msg.send() raised NotSupported" in out
     assert "demo --serve" in out
+
+
+# -- is a worker running? -------------------------------------------------------------------
+
+
+def overdue_message(minutes):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_reliable_mail import delivery
+    from django_reliable_mail.conf import get_config
+
+    prepared = delivery.validate(
+        [message()], config=get_config(), provider=None, fail_silently=False
+    )
+    (row,) = delivery.enqueue(prepared)
+    due = timezone.now() - timedelta(minutes=minutes)
+    OutboundMessage.objects.filter(pk=row.pk).update(next_attempt_at=due, status="retrying")
+    return row
+
+
+@pytest.mark.django_db
+def test_a_stalled_queue_is_a_warning_in_the_check_the_stats_and_the_dashboard(
+    settings, admin_client
+):
+    from django.core.management import call_command
+
+    from django_reliable_mail.checks import check_stalled_queue
+
+    queue_mode(settings)
+    overdue_message(minutes=5)
+    assert check_stalled_queue(databases=["default"]) == []  # not yet: 10 minutes
+    overdue_message(minutes=11)
+    (warning,) = check_stalled_queue(databases=["default"])
+    assert warning.id == "reliable_mail.W016"
+    assert "1 message(s) have been due for more than 10 minute(s)" in warning.msg
+    assert "qcluster" in warning.hint and "reliable_mail_send" in warning.hint
+    assert check_stalled_queue() == []  # only where Django asks for database checks
+    out, err = io.StringIO(), io.StringIO()
+    call_command("reliable_mail_stats", stdout=out, stderr=err)
+    assert "is a worker running?" in err.getvalue()
+    page = admin_client.get("/admin/django_reliable_mail/outboundmessage/dashboard/")
+    assert b'id="stalled-queue"' in page.content and b"is a worker running?" in page.content
+
+
+@pytest.mark.django_db
+def test_a_worker_attempt_within_the_window_means_not_stalled(settings, smtp_server):
+    from django_reliable_mail import delivery
+    from django_reliable_mail.checks import check_stalled_queue
+
+    server = smtp_server(data_reply="451 4.7.1 Try later")
+    queue_mode(settings, server)
+    overdue_message(minutes=30)
+    delivery.deliver_due()  # a worker tried (and will retry): it is alive
+    overdue_message(minutes=30)
+    assert check_stalled_queue(databases=["default"]) == []
+    settings.RELIABLE_MAIL = {**settings.RELIABLE_MAIL, "STALLED_QUEUE_SECONDS": 60}
+    assert check_stalled_queue(databases=["default"]) == []
+
+
+def test_an_unreadable_client_certificate_is_a_warning(django_email):
+    django_email.EMAIL_SSL_CERTFILE = "/nonexistent/client.pem"
+    (warning,) = [m for m in check_settings() if m.id == "reliable_mail.W003"]
+    assert warning.msg.startswith("EMAIL_SSL_CERTFILE is '/nonexistent/client.pem'")
+    EmailBackend()  # built as Django builds it: the file is read when connecting
