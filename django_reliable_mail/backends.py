@@ -178,7 +178,9 @@ class EmailBackend(BaseEmailBackend):
         """Queue mode: store, and wake a worker (in the transaction, or after it)."""
         problem = tasks.broker_problem()
         if problem is not None:  # refused before anything is stored: nothing half-done
-            raise ReliableMailConfigError(f"{problem[0]} {problem[1]}")
+            from .checks import queue_refusal
+
+            raise ReliableMailConfigError(f"{queue_refusal(problem[0])} {problem[1]}")
         queue_here = tasks.wake_in_transaction()
         if queue_here and delivery.enqueues_in_one_statement(prepared):
             _, woken = delivery.enqueue_in_one_statement(

@@ -127,18 +127,26 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     problem = broker_problem()
     if problem is None:
         return []
-    message, hint = problem
+    reason, hint = problem
     if config.mode == "queue":
-        return [checks.Error(message, hint=hint, id="reliable_mail.E025")]
+        return [checks.Error(queue_refusal(reason), hint=hint, id="reliable_mail.E025")]
     return [
         checks.Warning(
-            f"{message} First attempts are made in the calling process (MODE 'immediate'), "
-            "but retries wait for a worker: a django-q2 cluster (which needs the broker) or "
-            "manage.py reliable_mail_send.",
+            f"{reason}: no django-q2 cluster can run. First attempts are made in the calling "
+            "process (MODE 'immediate'); retries wait for a worker: a django-q2 cluster, or "
+            "manage.py reliable_mail_send --loop.",
             hint=hint,
             id="reliable_mail.W017",
         )
     ]
+
+
+def queue_refusal(reason: str) -> str:
+    """E025's message, which the backend raises too when asked to store a message."""
+    return (
+        f"{reason}: queueing a task would fail after the message was stored, so in "
+        "MODE 'queue' the backend stores nothing."
+    )
 
 
 def check_stalled_queue(

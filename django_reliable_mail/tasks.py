@@ -99,7 +99,7 @@ _REDIS = ("redis", "django_q.brokers.redis_broker", "redis")
 
 
 def broker_problem() -> tuple[str, str] | None:
-    """Why django-q2 could not queue a task here (message, hint), or None.
+    """Why django-q2 could not queue a task here (the reason, a hint), or None.
 
     Read from ``settings.Q_CLUSTER`` itself (django-q2 freezes its own copy at import).
     Without ``Q_CLUSTER`` django-q2 falls back to Redis on localhost, which is no
@@ -110,8 +110,7 @@ def broker_problem() -> tuple[str, str] | None:
     q = getattr(settings, "Q_CLUSTER", None)
     if not isinstance(q, dict) or not q:
         return (
-            "Q_CLUSTER is not set: django-q2 would fall back to a Redis broker on localhost, "
-            "and queueing a task would fail after the message was stored.",
+            "Q_CLUSTER is not set (django-q2 would fall back to a Redis broker on localhost)",
             "Use the database as the broker: Q_CLUSTER = {'name': 'mail', 'orm': 'default', "
             "'timeout': 120, 'retry': 180, 'max_attempts': 1, 'ack_failures': True, "
             "'catch_up': False}, and run manage.py qcluster.",
@@ -125,7 +124,7 @@ def broker_problem() -> tuple[str, str] | None:
         )
     if key == "orm" and q["orm"] not in settings.DATABASES:
         return (
-            f"Q_CLUSTER['orm'] is {q['orm']!r}, which is not in DATABASES.",
+            f"Q_CLUSTER['orm'] is {q['orm']!r}, which is not in DATABASES",
             f"Use one of {', '.join(map(repr, settings.DATABASES))}.",
         )
     try:
@@ -134,8 +133,7 @@ def broker_problem() -> tuple[str, str] | None:
         chosen = f"Q_CLUSTER[{key!r}]" if key != "redis" else "Q_CLUSTER (no other broker set)"
         return (
             f"{chosen} selects django-q2's {module.rpartition('.')[2]} broker, which cannot be "
-            f"imported ({type(exc).__name__}: {exc}): queueing a task would fail after the "
-            "message was stored.",
+            f"imported ({type(exc).__name__}: {exc})",
             f"pip install {package}, or set Q_CLUSTER['orm'] = 'default' to use the database."
             if package
             else "Check the broker's dotted path.",

@@ -93,7 +93,9 @@ class Command(BaseCommand):
         self.heading("4. The drop-in: only EMAIL_BACKEND changed, Django's EMAIL_* kept")
         local = servers.local
         with override_settings(RELIABLE_MAIL=None, EMAIL_HOST=local.host, EMAIL_PORT=local.port):
-            msg = EmailMessage("Reset your password", "Follow this link.", None, ["ann@example.com"])
+            msg = EmailMessage(
+                "Reset your password", "Follow this link.", None, ["ann@example.com"]
+            )
             msg.send()
         status = msg.reliable_mail_status
         self.stdout.write(
@@ -291,4 +293,3 @@ class Servers:
     def stop(self):
         for server in (self.relay, self.strato, self.local):
             server.stop()
-
