@@ -81,18 +81,21 @@ class EmailBackend(BaseEmailBackend):
         self.mailer = alias if options and alias else None
         self._arguments, self._secret_given = _arguments_to_store(options, alias=alias)
         if self._secret_given and self.config.mode == "queue":
-            raise ReliableMailConfigError(
-                "EmailBackend got "
-                + " and ".join(repr(k) for k in sorted(options) if k in SECRET_ARGUMENTS)
-                + ", which is never stored, so a worker (RELIABLE_MAIL['MODE'] 'queue') could "
-                "not use it. Configure the credentials instead: "
-                f"{self.config.source}['PROVIDERS'][{self.provider!r}]['PASSWORD'] (or "
-                "EMAIL_HOST_PASSWORD, or a MAILERS entry's OPTIONS)."
-            )
+            raise self._secrets_for_a_worker(options)
         self._sessions: SessionKeeper | None = None
         #: Django's backend has it: the open connection (here the kept session's keeper).
         self.connection: SessionKeeper | None = None
         self._describe_as_django()
+
+    def _secrets_for_a_worker(self, options: dict[str, Any]) -> ReliableMailConfigError:
+        return ReliableMailConfigError(
+            "EmailBackend got "
+            + " and ".join(repr(k) for k in sorted(options) if k in SECRET_ARGUMENTS)
+            + ", which is never stored, so a worker (RELIABLE_MAIL['MODE'] 'queue') could "
+            "not use it. Configure the credentials instead: "
+            f"{self.config.source}['PROVIDERS'][{self.provider!r}]['PASSWORD'] (or "
+            "EMAIL_HOST_PASSWORD, or a MAILERS entry's OPTIONS)."
+        )
 
     def _describe_as_django(self) -> None:
         """The attributes Django's SMTP backend has, read from the provider in use."""
