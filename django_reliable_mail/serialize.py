@@ -43,6 +43,8 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 2.2 ftext
 #: that is not a space or a control (sent with SMTPUTF8).
 _ATEXT = r'[^\s\x00-\x20\x7f-\x9f"(),.:;<>@\[\\\]]'
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+#: A local user without a domain: an ASCII dot-atom, nothing around it.
+_LOCAL_USER = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 #: Characters of a display name that would make it more than a name (RFC 5322 specials that
 #: only belong in an address; "." and "()" stay allowed, as in "John Q. Public (Sales)").
 _DISPLAY_NAME_SPECIALS = re.compile(r"[<>@,;:\[\]\\]")
@@ -67,12 +69,16 @@ def envelope_address(value: Any, *, role: str) -> str:
     text = str(value or "")
     if BARE_ADDRESS.match(text):  # the common case, without the parser
         return _within_limit(text, role)
+    if _LOCAL_USER.match(text):
+        # A local user ("tester"), sent as Django sends it, for a local relay to qualify.
+        # Bare only: Django writes the header from the text as given.
+        return _within_limit(text, role)
     try:
         _check_header_text(text, what=f"{role} address")
     except InvalidMessageError as exc:
         raise type(exc)(f"Invalid address: {exc}") from None
     local, domain = _split_addr_spec(_addr_spec(text, role), text, role)
-    return _within_limit(f"{local}@{domain}" if domain else local, role)
+    return _within_limit(f"{local}@{domain}", role)
 
 
 def _invalid(text: str, role: str, reason: str) -> InvalidMessageError:
@@ -131,10 +137,6 @@ def _split_addr_spec(spec: str, text: str, role: str) -> tuple[str, str]:
         local, domain = _shortest_local_part(content, text, role), rest[1:]
     else:
         local, at, domain = spec.partition("@")  # an unquoted local part has no "@"
-        if not at and local.isascii() and _DOT_STRING.match(local):
-            # A local user ("tester"), for the relay to qualify. ASCII only: Django cannot
-            # write a header for a non-ASCII one without a domain.
-            return local, ""
         if not at:
             raise _invalid(text, role, "it has no '@'")
         if not _DOT_STRING.match(local):

@@ -263,6 +263,8 @@ def test_quoted_local_parts_reach_the_envelope_quoted(
         ("John <john@example.com> <x@example.com>", "angle brackets"),
         ("john doe", "no '@'"),  # "john" alone is a local user, sent as Django sends it
         ("¡", "no '@'"),  # found by Hypothesis: Django cannot write it into a header
+        ("0\xa0", "no '@'"),  # found by Hypothesis: a local user is bare, nothing around it
+        (" tester", "no '@'"),
     ],
 )
 def test_what_is_still_refused_names_the_address_and_the_reason(address, reason):

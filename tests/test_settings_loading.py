@@ -234,10 +234,10 @@ def test_config_with_options():
         config_with_options("nope", {}, alias=None)
 
 
-@override_settings(
-    RELIABLE_MAIL={"PROVIDERS": {"main": OK, "bulk": OK}, "DEFAULT_PROVIDER": "main"}
-)
 def test_config_for_mailer(settings):
+    # Through the settings fixture only: an override_settings decorator beside it would be
+    # captured by the fixture's own restore, and leak into the tests after this one.
+    settings.RELIABLE_MAIL = {"PROVIDERS": {"main": OK, "bulk": OK}, "DEFAULT_PROVIDER": "main"}
     gone = (
         "MAILERS['gone'] is gone, but queued messages were sent through it; restore it or move "
         "those messages to another provider."

@@ -26,7 +26,11 @@ def message(**kwargs):
 
 
 @pytest.fixture(autouse=True)
-def _empty_outbox():
+def _empty_outbox(settings):
+    settings.RELIABLE_MAIL = {
+        "PROVIDERS": {"loopback": {"HOST": "127.0.0.1", "PORT": 2525, "TLS": "none"}},
+        "MODE": "immediate",
+    }
     outbox.clear()
     yield
     outbox.clear()
