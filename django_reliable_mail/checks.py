@@ -17,6 +17,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     ]
 
 
+_Q_CLUSTER_EXAMPLE = (
+    "e.g. Q_CLUSTER = {'timeout': 120, 'retry': 180, 'max_attempts': 1, "
+    "'ack_failures': True, 'catch_up': False, ...}"
+)
+
+
 def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn about django-q2 settings that turn a slow or failed task into a repeated send."""
     from django.conf import settings
@@ -25,28 +31,26 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     if config is None or config.mode != "queue":
         return []
     q = getattr(settings, "Q_CLUSTER", {}) or {}
+    if not isinstance(q, dict):
+        return []  # django-q2 reports its own setting's shape
     found = []
     timeout, retry = q.get("timeout"), q.get("retry", 60)
-    example = (
-        "e.g. Q_CLUSTER = {'timeout': 120, 'retry': 180, 'max_attempts': 1, "
-        "'ack_failures': True, 'catch_up': False, ...}"
-    )
     if timeout is None:
         found.append(
             checks.Warning(
                 "Q_CLUSTER['timeout'] is not set: a delivery task running longer than "
                 f"Q_CLUSTER['retry'] ({retry} s) is handed to a second worker.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W010",
             )
         )
-    elif retry <= timeout:
+    elif _is_number(retry) and _is_number(timeout) and retry <= timeout:
         found.append(
             checks.Warning(
                 f"Q_CLUSTER['retry'] ({retry}) is not greater than "
                 f"Q_CLUSTER['timeout'] ({timeout}): a task still running is redelivered "
                 "to another worker.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W011",
             )
         )
@@ -55,7 +59,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             checks.Warning(
                 "Q_CLUSTER['max_attempts'] is 0 (unlimited): a failing delivery task is retried "
                 "forever by the broker. Our own retries live in the database; set it to 1.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W012",
             )
         )
@@ -64,7 +68,7 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             checks.Warning(
                 "Q_CLUSTER['catch_up'] is on: after downtime the dispatcher schedule replays every "
                 "missed run at once.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W013",
             )
         )
@@ -73,11 +77,15 @@ def check_q_cluster(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             checks.Warning(
                 "Q_CLUSTER['ack_failures'] is off: a failed delivery task stays on the broker and "
                 "is delivered again.",
-                hint=example,
+                hint=_Q_CLUSTER_EXAMPLE,
                 id="reliable_mail.W014",
             )
         )
     return found
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -94,7 +102,7 @@ def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[checks.
     if connection.vendor != "sqlite" or connection.is_in_memory_db():
         return []
     mode = (connection.settings_dict.get("OPTIONS") or {}).get("transaction_mode")
-    if mode and mode.upper() in ("IMMEDIATE", "EXCLUSIVE"):
+    if isinstance(mode, str) and mode.upper() in ("IMMEDIATE", "EXCLUSIVE"):
         return []
     return [
         checks.Warning(
