@@ -32,7 +32,7 @@ from django_reliable_mail.smtp.result import AttemptResult
 from django_reliable_mail.smtp.transport import BodyStartNotRecorded
 
 from .helpers import PASSWORD, forbidden_strings
-from .hostile import DISCONNECT, ECHO, SILENCE, STAGES, HostileServer, Misbehaviour, send
+from .hostile import HostileServer, Misbehaviour, scripts
 
 USERNAME = "u@example.com"
 TOKEN = "never-used-token-value"
@@ -61,81 +61,6 @@ def server_settings(
         allow_plaintext_auth=True,
         **extra,
     )
-
-
-# -- what a server may send -------------------------------------------------------------
-
-#: Half of them codes that mean success at some stage: what a careless client takes for it.
-plausible_codes = st.sampled_from([220, 221, 235, 250, 251, 252, 334, 354])
-codes = st.one_of(
-    plausible_codes,
-    plausible_codes,
-    st.sampled_from([200, 299, 399, 421, 450, 452, 454, 500, 503, 530, 535, 550, 554, 599]),
-    st.integers(100, 599),
-)
-texts = st.one_of(
-    st.just(b"ok"),
-    st.sampled_from(
-        [
-            b"Empf\xe4nger unbekannt",
-            b"nul\x00byte",
-            b"5.1.1 user unknown",
-            b"2.0.0 queued as \xff\xfeQ",
-            b"\x1b[31m red",
-            ECHO,
-            b"5.7.8 " + ECHO,
-        ]
-    ),
-    st.binary(max_size=24).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
-)
-
-
-def _line(code: int, text: bytes, *, last: bool) -> bytes:
-    return str(code).encode() + (b" " if last else b"-") + text + b"\r\n"
-
-
-def _lines(pairs: list[tuple[int, bytes]]) -> bytes:
-    return b"".join(_line(c, t, last=i == len(pairs) - 1) for i, (c, t) in enumerate(pairs))
-
-
-single = st.builds(lambda c, t: _line(c, t, last=True), codes, texts)
-same_code = st.builds(
-    lambda c, ts: _lines([(c, t) for t in ts]), codes, st.lists(texts, min_size=2, max_size=4)
-)
-mixed_codes = st.lists(st.tuples(codes, texts), min_size=2, max_size=4).map(_lines)
-malformed = st.sampled_from(
-    [
-        b"-12 minus\r\n",
-        b" 12 space\r\n",
-        b"099 low\r\n",
-        b"600 high\r\n",
-        b"2500 four digits\r\n",
-        b"hello there\r\n",
-        b"\r\n",
-        b"250x\r\n",
-        b"25\r\n",
-        b"\x00\x00\x00\r\n",
-        b"\xff\xfe\r\n",
-    ]
-)
-long_line = st.builds(
-    lambda c, n: str(c).encode() + b" " + b"x" * n + b"\r\n",
-    codes,
-    st.sampled_from([8180, 8200, 10_000, 100_000, 1_000_000]),
-)
-bare_newline = st.builds(lambda c, t: str(c).encode() + b" " + t + b"\n", codes, texts)
-payloads = st.one_of(single, same_code, mixed_codes, malformed, long_line, bare_newline)
-misbehaviours = st.one_of(
-    st.builds(send, single),
-    st.builds(send, single),
-    st.builds(send, payloads, trickle=st.booleans(), hang_up=st.booleans()),
-    st.sampled_from([DISCONNECT, SILENCE]),
-)
-#: Which reply of a stage (over the server's life): mostly the first.
-occurrences = st.sampled_from([0, 0, 0, 1, 2, 3])
-#: Every stage, the transaction's twice as often.
-stages = st.sampled_from([*STAGES, "mail", "rcpt", "data", "end_of_data"])
-scripts = st.dictionaries(st.tuples(stages, occurrences), misbehaviours, max_size=4)
 
 
 @dataclass
