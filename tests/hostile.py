@@ -12,9 +12,10 @@ reads a body only after it answered DATA with a 354. A ``lenient`` server goes o
 transaction whatever it answered to MAIL, and answers DATA with 354 even when it accepted
 no recipient (RFC 2920 §3.1 wants 554 then), so that a client which takes an odd reply for
 success shows it by sending a body. For every body it logs which job it carried (the
-``X-Job`` header), whether the final "." arrived, and what it answered to it: the oracle
-the hostile-server tests judge the client by. With ``echo``, its replies carry the AUTH
-payload it was sent (as received and decoded), as a careless server's would.
+``X-Job`` header, or a subject "job N"), whether the final "." arrived, and what it
+answered to it: the oracle the hostile-server tests judge the client by. With ``echo``,
+its replies carry the AUTH payload it was sent (as received and decoded), as a careless
+server's would.
 
 A misbehaviour may also be set for every reply of a stage (``always``: a server that closes
 every connection at once, greets with garbage, or drops every connection at EHLO), and the
@@ -54,7 +55,7 @@ STAGES = (
 ECHO = b"{echo}"
 #: A greeting that is not SMTP at all.
 GARBAGE = b"HELLO, THIS IS NOT SMTP\r\n"
-_JOB_HEADER = re.compile(rb"^X-Job: (\S+)\r?$", re.MULTILINE)
+_JOB_HEADER = re.compile(rb"^(?:X-Job: |Subject: job )(\S+)\r?$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,9 @@ class _Connection:
             parts = _b64(payload).split(b"\0")
             ok = len(parts) == 3 and self._valid(parts[1], parts[2])
         elif mechanism == b"LOGIN":
-            user = await self._challenge(b"VXNlcm5hbWU6")
+            # The user name may come with the command (an initial response, as aiosmtplib
+            # sends it) or after a "Username:" challenge.
+            user = words[2] if len(words) > 2 else await self._challenge(b"VXNlcm5hbWU6")
             password = await self._challenge(b"UGFzc3dvcmQ6")
             self._remember(password)
             ok = self._valid(_b64(user), _b64(password))
