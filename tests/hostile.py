@@ -533,7 +533,9 @@ long_line = st.builds(
 )
 bare_newline = st.builds(lambda c, t: str(c).encode() + b" " + t + b"\n", codes, texts)
 payloads = st.one_of(single, same_code, mixed_codes, malformed, long_line, bare_newline)
+#: Mostly one plain reply line: the way a server most often says something unexpected.
 misbehaviours = st.one_of(
+    st.builds(send, single),
     st.builds(send, single),
     st.builds(send, single),
     st.builds(send, payloads, trickle=st.booleans(), hang_up=st.booleans()),
@@ -541,6 +543,65 @@ misbehaviours = st.one_of(
 )
 #: Which reply of a stage (over the server's life): mostly the first.
 occurrences = st.sampled_from([0, 0, 0, 1, 2, 3])
-#: Every stage, the transaction's twice as often.
-stages = st.sampled_from([*STAGES, "mail", "rcpt", "data", "end_of_data"])
-scripts = st.dictionaries(st.tuples(stages, occurrences), misbehaviours, max_size=4)
+#: Every stage, the transaction's three times as often.
+TRANSACTION_STAGES = ("mail", "rcpt", "data", "end_of_data")
+stages = st.sampled_from([*STAGES, *TRANSACTION_STAGES, *TRANSACTION_STAGES])
+scripts = st.dictionaries(st.tuples(stages, occurrences), misbehaviours, min_size=1, max_size=5)
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """How the hostile server of one generated example behaves."""
+
+    tls: str
+    pipelining: bool
+    lenient: bool
+    auth: bool
+    #: The AUTH mechanism the client is allowed to use.
+    mechanism: str
+    script: Mapping[tuple[str, int], Misbehaviour]
+    always: Mapping[str, Misbehaviour]
+
+    def server(self, *, tls_context: ssl.SSLContext, users: Mapping[str, str]) -> HostileServer:
+        """The server, echoing the AUTH payload it gets; ``users`` only if it asks for AUTH."""
+        return HostileServer(
+            script=self.script,
+            always=self.always,
+            tls_context=tls_context if self.tls == "starttls" else None,
+            pipelining=self.pipelining,
+            lenient=self.lenient,
+            users=users if self.auth else None,
+            echo=True,
+        )
+
+
+#: Never a misbehaviour at every reply of a stage…
+never = st.just({})
+#: …or now and then: a provider broken for good.
+always = st.one_of(never, never, st.dictionaries(stages, misbehaviours, max_size=1))
+
+
+def server_plans(
+    *,
+    script: st.SearchStrategy[dict[tuple[str, int], Misbehaviour]] = scripts,
+    every_time: st.SearchStrategy[dict[str, Misbehaviour]] = never,
+) -> st.SearchStrategy[ServerPlan]:
+    return st.builds(
+        ServerPlan,
+        tls=st.sampled_from(["none", "starttls"]),
+        pipelining=st.booleans(),
+        lenient=st.booleans(),
+        auth=st.booleans(),
+        mechanism=st.sampled_from(["PLAIN", "LOGIN"]),
+        script=script,
+        always=every_time,
+    )
+
+
+#: The recipients of one message.
+recipient_lists = st.lists(
+    st.sampled_from(["a@example.com", "b@example.com", "c@example.com"]),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)

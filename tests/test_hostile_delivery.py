@@ -65,7 +65,16 @@ from django_reliable_mail.models import (
 )
 
 from .helpers import PASSWORD
-from .hostile import HostileServer, Misbehaviour, misbehaviours, serving_in_a_thread, stages
+from .hostile import (
+    HostileServer,
+    ServerPlan,
+    always,
+    misbehaviours,
+    recipient_lists,
+    server_plans,
+    serving_in_a_thread,
+    stages,
+)
 from .test_hostile_transport import FORBIDDEN, TIMEOUT, USERNAME
 from .test_queue import queue_async, queue_sync
 
@@ -87,17 +96,11 @@ SUBJECT = re.compile(r"job (\d+)")
 class Scenario:
     mode: str
     smtp_process: str
-    tls: str
-    pipelining: bool
-    lenient: bool
-    auth: bool
-    mechanism: str
+    server: ServerPlan
     recipients: list[list[str]]
     max_connections: int
     max_per_connection: int
     passes: int
-    script: dict[tuple[str, int], Misbehaviour]
-    always: dict[str, Misbehaviour]
 
 
 #: Later replies too: several passes go through every stage several times.
@@ -108,29 +111,15 @@ occurrences = st.sampled_from([0, 0, 0, 1, 1, 2, 3, 5, 8])
 def scenarios(draw: st.DrawFn) -> Scenario:
     mode = draw(st.sampled_from(["immediate", "queue"]))
     messages = draw(st.integers(1, 2)) if mode == "immediate" else draw(st.integers(2, 5))
-    addresses = st.lists(
-        st.sampled_from(["a@example.com", "b@example.com", "c@example.com"]),
-        min_size=1,
-        max_size=3,
-        unique=True,
-    )
+    script = st.dictionaries(st.tuples(stages, occurrences), misbehaviours, min_size=1, max_size=5)
     return Scenario(
         mode=mode,
         smtp_process=draw(st.sampled_from(["never", "always"])),
-        tls=draw(st.sampled_from(["none", "starttls"])),
-        pipelining=draw(st.booleans()),
-        lenient=draw(st.booleans()),
-        auth=draw(st.booleans()),
-        mechanism=draw(st.sampled_from(["PLAIN", "LOGIN"])),
-        recipients=[draw(addresses) for _ in range(messages)],
+        server=draw(server_plans(script=script, every_time=always)),
+        recipients=[draw(recipient_lists) for _ in range(messages)],
         max_connections=draw(st.integers(1, 2)),
         max_per_connection=draw(st.integers(1, 4)),
         passes=draw(st.integers(2, 4)),
-        script=draw(st.dictionaries(st.tuples(stages, occurrences), misbehaviours, max_size=5)),
-        # Now and then a server that does it every time: a provider broken for good.
-        always=draw(
-            st.one_of(st.just({}), st.just({}), st.dictionaries(stages, misbehaviours, max_size=1))
-        ),
     )
 
 
@@ -138,19 +127,19 @@ def config_for(scenario: Scenario, server: HostileServer, ca_file: str) -> dict[
     provider: dict[str, Any] = {
         "HOST": server.host,
         "PORT": server.port,
-        "TLS": scenario.tls,
+        "TLS": scenario.server.tls,
         "TIMEOUT": TIMEOUT,
         "MAX_CONNECTIONS": scenario.max_connections,
         "MAX_MESSAGES_PER_CONNECTION": scenario.max_per_connection,
         "RETRY": {"MAX_ATTEMPTS": MAX_ATTEMPTS, "BASE_SECONDS": 60, "JITTER": 0},
     }
-    if scenario.tls != "none":
+    if scenario.server.tls != "none":
         provider["CA_FILE"] = ca_file
-    if scenario.auth:
+    if scenario.server.auth:
         provider.update(
             USERNAME=USERNAME,
             PASSWORD=PASSWORD,
-            AUTH_MECHANISMS=[scenario.mechanism],
+            AUTH_MECHANISMS=[scenario.server.mechanism],
             ALLOW_PLAINTEXT_AUTH=True,
         )
     return {
@@ -251,15 +240,7 @@ def drive(scenario: Scenario, observed: Observed) -> None:
 
 def run_example(scenario: Scenario, tls: tuple[Any, str]) -> tuple[Observed, HostileServer]:
     reset_tables()
-    server = HostileServer(
-        script=scenario.script,
-        always=scenario.always,
-        tls_context=tls[0] if scenario.tls == "starttls" else None,
-        pipelining=scenario.pipelining,
-        lenient=scenario.lenient,
-        users={USERNAME: PASSWORD} if scenario.auth else None,
-        echo=True,
-    )
+    server = scenario.server.server(tls_context=tls[0], users={USERNAME: PASSWORD})
     observed = Observed()
     with contextlib.ExitStack() as stack:
         stack.callback(queue_sync)

@@ -32,7 +32,7 @@ from django_reliable_mail.smtp.result import AttemptResult
 from django_reliable_mail.smtp.transport import BodyStartNotRecorded
 
 from .helpers import PASSWORD, forbidden_strings
-from .hostile import HostileServer, Misbehaviour, scripts
+from .hostile import HostileServer, ServerPlan, recipient_lists, server_plans
 
 USERNAME = "u@example.com"
 TOKEN = "never-used-token-value"
@@ -65,16 +65,11 @@ def server_settings(
 
 @dataclass
 class Scenario:
-    tls: str
-    pipelining: bool
-    lenient: bool
-    auth: bool
-    mechanism: str
+    server: ServerPlan
     recipients: list[list[str]]
     batch: bool
     max_connections: int
     max_per_connection: int
-    script: dict[tuple[str, int], Misbehaviour]
     failing_mark: int | None
 
 
@@ -82,23 +77,12 @@ class Scenario:
 def scenarios(draw: st.DrawFn) -> Scenario:
     batch = draw(st.booleans())
     jobs = draw(st.integers(2, 5)) if batch else 1
-    addresses = st.lists(
-        st.sampled_from(["a@example.com", "b@example.com", "c@example.com"]),
-        min_size=1,
-        max_size=3,
-        unique=True,
-    )
     return Scenario(
-        tls=draw(st.sampled_from(["none", "starttls"])),
-        pipelining=draw(st.booleans()),
-        lenient=draw(st.booleans()),
-        auth=draw(st.booleans()),
-        mechanism=draw(st.sampled_from(["PLAIN", "LOGIN"])),
-        recipients=[draw(addresses) for _ in range(jobs)],
+        server=draw(server_plans()),
+        recipients=[draw(recipient_lists) for _ in range(jobs)],
         batch=batch,
         max_connections=draw(st.integers(1, 2)),
         max_per_connection=draw(st.integers(1, 4)),
-        script=draw(scripts),
         failing_mark=draw(st.none() | st.integers(0, jobs - 1)) if batch else None,
     )
 
@@ -114,12 +98,13 @@ class Observed:
 
 
 async def run(scenario: Scenario, server: HostileServer, ca_file: str) -> Observed:
-    auth = {"username": USERNAME, "password": PASSWORD} if scenario.auth else {}
+    plan = scenario.server
+    auth = {"username": USERNAME, "password": PASSWORD} if plan.auth else {}
     config = server_settings(
         server,
-        tls=scenario.tls,
+        tls=plan.tls,
         ca_file=ca_file,
-        auth_mechanisms=(scenario.mechanism,),
+        auth_mechanisms=(plan.mechanism,),
         **auth,
     )
     jobs = [
@@ -208,14 +193,7 @@ def check(scenario: Scenario, observed: Observed, server: HostileServer) -> None
 @given(scenario=scenarios())
 def test_no_server_behaviour_makes_the_transport_lie_or_raise(tls, scenario):
     async def main() -> tuple[Observed, HostileServer]:
-        server = HostileServer(
-            script=scenario.script,
-            tls_context=tls[0] if scenario.tls == "starttls" else None,
-            pipelining=scenario.pipelining,
-            lenient=scenario.lenient,
-            users={USERNAME: PASSWORD} if scenario.auth else None,
-            echo=True,
-        )
+        server = scenario.server.server(tls_context=tls[0], users={USERNAME: PASSWORD})
         async with server:
             observed = await run(scenario, server, tls[1])
         return observed, server

@@ -18,7 +18,7 @@ from django_reliable_mail import delivery
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
 
-from .helpers import wait_for
+from .helpers import killing_the_helper_after
 from .hostile import DISCONNECT, GARBAGE, send
 from .test_backend import message, provider_for
 from .test_queue import queue_async, queue_config
@@ -167,7 +167,6 @@ def test_sigterm_stops_the_loop_even_while_it_backs_off(smtp_server, settings, m
 def test_a_helper_that_crashes_mid_batch_returns_messages_not_due_under_the_policy(
     smtp_server, settings
 ):
-    from django_reliable_mail.smtp import helper
 
     server = smtp_server(reply_delay=0.3)
     settings.RELIABLE_MAIL = {
@@ -181,14 +180,8 @@ def test_a_helper_that_crashes_mid_batch_returns_messages_not_due_under_the_poli
     queue_async(settings)
     EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(6)])
 
-    def kill_when_a_body_is_out():
-        wait_for(lambda: len(server.messages) >= 1)
-        os.kill(helper._shared.process.pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_a_body_is_out)
-    killer.start()
-    summary = delivery.deliver_due(limit=10)
-    killer.join()
+    with killing_the_helper_after(server, bodies=1):
+        summary = delivery.deliver_due(limit=10)
     assert summary.recovered >= 1
     assert not OutboundMessage.objects.filter(status=Status.SENDING).exists()
     pause_end = ProviderState.objects.get(name="main").degraded_until
