@@ -112,6 +112,13 @@ class Body:
     def answered_250(self) -> bool:
         return self.mail_ok and self.complete and answered(self.answer, 250)
 
+    @property
+    def may_be_kept(self) -> bool:
+        """Whether the server may have taken the message: it arrived whole in a transaction
+        with recipients, and the server did not plainly refuse it (a 4xx or 5xx reply)."""
+        refused = answered(self.answer, *range(400, 600))
+        return self.mail_ok and bool(self.accepted) and self.complete and not refused
+
 
 @dataclass
 class ServerLog:
@@ -129,6 +136,15 @@ class ServerLog:
     def messages(self) -> list[bytes]:
         """The data of every body that arrived whole (its final "." came)."""
         return [body.data for body in self.bodies if body.complete]
+
+    def copies(self) -> Counter[tuple[str, str]]:
+        """(job, recipient) → how many bodies the server may have kept for them."""
+        return Counter(
+            (body.job, recipient)
+            for body in self.bodies
+            if body.may_be_kept and body.job is not None
+            for recipient in body.accepted
+        )
 
     def jobs_delivered(self) -> dict[str, list[str]]:
         """Job → recipients the server took with a 250 to the end of the data."""

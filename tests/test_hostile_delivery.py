@@ -13,7 +13,10 @@ credentials. Messages go out as a caller sends them (``MODE: "immediate"``, one
 The oracle is the server's own log and the database, never the client's word:
 
 (a) a message is ``sent`` only if the server completed a DATA of it with 250, and a
-    recipient is ``accepted`` only if such a transaction accepted it with 250/251;
+    recipient is ``accepted`` only if such a transaction accepted it with 250/251; and a
+    message the server may have taken more than once (its body arrived whole and was not
+    refused with a 4xx/5xx) is never sent again silently: every copy after the first
+    came with an attempt flagged as a possible duplicate;
 (b) no message is left in ``sending``; each has its attempts numbered 1..n, one for every
     body of it the server began to receive, and ``attempt_count`` counts those that were
     not the provider's failure;
@@ -71,6 +74,7 @@ from .hostile import (
     always,
     misbehaviours,
     recipient_lists,
+    send,
     server_plans,
     serving_in_a_thread,
     stages,
@@ -268,6 +272,7 @@ def job_of(message: OutboundMessage) -> str:
 def check_outcomes(server: HostileServer) -> None:
     """(a), (b) and (c), message by message."""
     delivered = server.log.jobs_delivered()
+    copies = server.log.copies()
     bodies = Counter(body.job for body in server.log.bodies if body.job is not None)
     for message in OutboundMessage.objects.all():
         job = job_of(message)
@@ -280,6 +285,9 @@ def check_outcomes(server: HostileServer) -> None:
         for one in attempts:
             said = {a for a, r in one.recipient_replies.items() if r.get("state") == "accepted"}
             assert said <= set(delivered.get(job, [])), (job, one.number, said)
+        most = max((copies[job, address] for address in statuses), default=0)
+        flagged = [a.number for a in attempts if a.possible_duplicate]
+        assert len(flagged) >= most - 1, (job, most, flagged)
         # (b)
         assert message.status != Status.SENDING, job
         assert [a.number for a in attempts] == list(range(1, len(attempts) + 1)), job
@@ -388,3 +396,36 @@ def test_no_server_behaviour_makes_delivery_lie_lose_or_leak(tls, scenario):
     except AssertionError as failure:
         failure.add_note(f"RELIABLE_MAIL_FUZZ_SEED={SEED} replays this run")
         raise
+
+
+# -- minimised failures, kept ----------------------------------------------------------
+
+
+def scenario_of(script, *, mode: str = "immediate", passes: int = 2, **plan) -> Scenario:
+    values = dict(tls="none", pipelining=False, lenient=False, auth=False, mechanism="PLAIN")
+    values.update(plan)
+    return Scenario(
+        mode=mode,
+        smtp_process="never",
+        server=ServerPlan(script=script, always={}, **values),
+        recipients=[["a@example.com"]],
+        max_connections=1,
+        max_per_connection=1,
+        passes=passes,
+    )
+
+
+@pytest.mark.parametrize("reply", [b"220 ok\r\n", b"251 queued\r\n", b"354 go on\r\n"])
+def test_a_body_answered_positively_but_not_250_goes_again_only_flagged(tls, reply):
+    """It was taken for a plain transient failure and sent again unflagged: a silent
+    duplicate, if the server had kept the first copy."""
+    scenario = scenario_of({("end_of_data", 0): send(reply)})
+    observed, server = run_example(scenario, tls)
+    check(scenario, observed, server)
+    assert server.log.copies()["0", "a@example.com"] == 2
+    row = OutboundMessage.objects.get()
+    assert row.status == Status.SENT
+    assert list(row.attempts.values_list("outcome", "possible_duplicate")) == [
+        ("unknown", True),
+        ("accepted", True),
+    ]

@@ -104,14 +104,26 @@ async def test_a_pipelined_354_with_no_recipient_accepted_gets_no_dot():
     assert "closing the connection without QUIT" in result.transcript
 
 
-async def test_final_dot_answered_354_is_no_success():
-    script = {("end_of_data", 0): send(b"354 Go on\r\n")}
+@pytest.mark.parametrize("reply", [b"354 Go on\r\n", b"220 ok\r\n", b"251 2.0.0 queued\r\n"])
+async def test_final_dot_answered_positively_but_not_250_is_no_success_and_unknown(reply):
+    """The server took the whole body and said something positive: it may have the
+    message, so the outcome is ``unknown`` (a retry is a possible duplicate)."""
+    script = {("end_of_data", 0): send(reply)}
+    async with HostileServer(script=script) as server:
+        result = await one(server)
+    assert result.outcome == Outcome.UNKNOWN and result.body_sent
+    assert result.reply_code == int(reply[:3]) and result.queue_id == ""
+    recipient = result.recipients["a@example.com"]
+    assert (recipient.state, recipient.stage) == ("unknown", "end_of_data")
+    assert "QUIT" not in server.log.commands  # it may read a QUIT as message text
+
+
+async def test_final_dot_refused_is_a_plain_failure():
+    script = {("end_of_data", 0): send(b"451 4.3.0 try again later\r\n")}
     async with HostileServer(script=script) as server:
         result = await one(server)
     assert result.outcome == Outcome.TRANSIENT_FAILURE
-    assert result.reply_code == 354 and result.queue_id == ""
-    assert result.recipients["a@example.com"].stage == "end_of_data"
-    assert "QUIT" not in server.log.commands  # it may read a QUIT as message text
+    assert result.recipients["a@example.com"].state == "deferred"
 
 
 @pytest.mark.parametrize(
