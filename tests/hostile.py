@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
+import random
 import re
 import socket
 import ssl
@@ -37,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 
 STAGES = (
@@ -621,3 +624,35 @@ recipient_lists = st.lists(
     max_size=3,
     unique=True,
 )
+
+
+# -- running a fuzzer --------------------------------------------------------------------
+
+#: Each run draws its own seed (hypothesis is not derandomized); a failure names it, and
+#: ``RELIABLE_MAIL_FUZZ_SEED`` replays that run.
+FUZZ_SEED = int(os.environ.get("RELIABLE_MAIL_FUZZ_SEED") or random.randrange(2**32))
+
+
+def fuzzing(default_examples: int, *, suppress: tuple[HealthCheck, ...] = ()) -> Callable:
+    """A fuzzer's hypothesis settings: ``RELIABLE_MAIL_FUZZ_EXAMPLES`` examples (else
+    ``default_examples``), no deadline, the run's seed."""
+    examples = int(os.environ.get("RELIABLE_MAIL_FUZZ_EXAMPLES") or default_examples)
+    checks = [HealthCheck.too_slow, HealthCheck.data_too_large, *suppress]
+
+    def decorate(test: Callable) -> Callable:
+        configured = settings(
+            max_examples=examples, deadline=None, print_blob=True, suppress_health_check=checks
+        )
+        return seed(FUZZ_SEED)(configured(test))
+
+    return decorate
+
+
+@contextlib.contextmanager
+def naming_the_seed() -> Iterator[None]:
+    """A failure inside says which seed replays the run."""
+    try:
+        yield
+    except Exception as failure:
+        failure.add_note(f"RELIABLE_MAIL_FUZZ_SEED={FUZZ_SEED} replays this run")
+        raise

@@ -33,15 +33,14 @@ The oracle is the server's own log and the database, never the client's word:
     SQLite and PostgreSQL (UTF-8, no NUL, no lone surrogate, within its column's length)
     and holds no secret in any form; nor does any log record.
 
-``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (a few hundred by default).
+``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (150 by default),
+``RELIABLE_MAIL_FUZZ_SEED`` replays a run (a failure names its seed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import random
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ from django.core.mail import EmailMessage, send_mail
 from django.db import models
 from django.test import override_settings
 from django.utils import timezone
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from django_reliable_mail import delivery
@@ -72,7 +71,9 @@ from .hostile import (
     HostileServer,
     ServerPlan,
     always,
+    fuzzing,
     misbehaviours,
+    naming_the_seed,
     recipient_lists,
     send,
     server_plans,
@@ -84,9 +85,6 @@ from .test_queue import queue_async, queue_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = OutboundMessage.Status
-EXAMPLES = int(os.environ.get("RELIABLE_MAIL_FUZZ_EXAMPLES", "150"))
-#: Printed with a failure; ``RELIABLE_MAIL_FUZZ_SEED`` replays a run.
-SEED = int(os.environ.get("RELIABLE_MAIL_FUZZ_SEED") or random.randrange(2**32))
 MAX_ATTEMPTS = 2
 PROVIDER = "hostile"
 TABLES = (OutboundMessage, DeliveryAttempt, RecipientStatus, MessageEvent, ProviderState)
@@ -105,6 +103,11 @@ class Scenario:
     max_connections: int
     max_per_connection: int
     passes: int
+    #: Messages claimed at once by a worker's pass…
+    limit: int = 100
+    #: …and whether the pass claims more while it sends (a stream).
+    stream: bool = False
+    unknown_outcome: str = "retry"
 
 
 #: Later replies too: several passes go through every stage several times.
@@ -124,6 +127,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         max_connections=draw(st.integers(1, 2)),
         max_per_connection=draw(st.integers(1, 4)),
         passes=draw(st.integers(2, 4)),
+        limit=draw(st.sampled_from([2, 100])),
+        stream=draw(st.booleans()),
+        unknown_outcome=draw(st.sampled_from(["retry", "retry", "hold"])),
     )
 
 
@@ -151,6 +157,7 @@ def config_for(scenario: Scenario, server: HostileServer, ca_file: str) -> dict[
         "PROVIDERS": {PROVIDER: provider},
         "MODE": scenario.mode,
         "SMTP_PROCESS": scenario.smtp_process,
+        "UNKNOWN_OUTCOME": scenario.unknown_outcome,
     }
 
 
@@ -222,7 +229,9 @@ def drive(scenario: Scenario, observed: Observed) -> None:
             return None
 
     def deliver_due() -> None:
-        summary = attempt(delivery.deliver_due, limit=100)
+        # A stream ends as soon as nothing is due: the second is never waited for.
+        keep_going = 1 if scenario.stream else 0
+        summary = attempt(delivery.deliver_due, limit=scenario.limit, keep_going_seconds=keep_going)
         observed.claimed.append(summary.claimed if summary else len(scenario.recipients))
 
     if scenario.mode == "immediate":
@@ -377,25 +386,12 @@ def check(scenario: Scenario, observed: Observed, server: HostileServer) -> None
     check_strings(observed)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,  # the tables are reset for each example
-    ],
-)
-@seed(SEED)
+@fuzzing(150, suppress=(HealthCheck.function_scoped_fixture,))  # (tables reset per example)
 @given(scenario=scenarios())
 def test_no_server_behaviour_makes_delivery_lie_lose_or_leak(tls, scenario):
-    observed, server = run_example(scenario, tls)
-    try:
+    with naming_the_seed():
+        observed, server = run_example(scenario, tls)
         check(scenario, observed, server)
-    except AssertionError as failure:
-        failure.add_note(f"RELIABLE_MAIL_FUZZ_SEED={SEED} replays this run")
-        raise
 
 
 # -- minimised failures, kept ----------------------------------------------------------

@@ -13,17 +13,17 @@ The oracle is the hostile server's own log (``tests/hostile.py``), not the clien
     although the server echoes the AUTH payload in its replies;
 (f) ``unknown`` only when the body was sent.
 
-``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (a few hundred by default).
+``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (a few hundred by default),
+``RELIABLE_MAIL_FUZZ_SEED`` replays a run (a failure names its seed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from django_reliable_mail.smtp import Envelope, Outcome, ServerSettings, deliver
@@ -32,14 +32,20 @@ from django_reliable_mail.smtp.result import AttemptResult
 from django_reliable_mail.smtp.transport import BodyStartNotRecorded
 
 from .helpers import PASSWORD, forbidden_strings
-from .hostile import HostileServer, ServerPlan, recipient_lists, server_plans
+from .hostile import (
+    HostileServer,
+    ServerPlan,
+    fuzzing,
+    naming_the_seed,
+    recipient_lists,
+    server_plans,
+)
 
 USERNAME = "u@example.com"
 TOKEN = "never-used-token-value"
 FORBIDDEN = forbidden_strings(USERNAME, PASSWORD, TOKEN)
 #: Short enough that silence costs little; long enough for a loopback TLS handshake.
 TIMEOUT = 0.3
-EXAMPLES = int(os.environ.get("RELIABLE_MAIL_FUZZ_EXAMPLES", "200"))
 
 
 def body_of(key: int) -> bytes:
@@ -185,11 +191,7 @@ def check(scenario: Scenario, observed: Observed, server: HostileServer) -> None
         assert (result.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL)) == bool(accepted)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@fuzzing(200)
 @given(scenario=scenarios())
 def test_no_server_behaviour_makes_the_transport_lie_or_raise(tls, scenario):
     async def main() -> tuple[Observed, HostileServer]:
@@ -198,5 +200,6 @@ def test_no_server_behaviour_makes_the_transport_lie_or_raise(tls, scenario):
             observed = await run(scenario, server, tls[1])
         return observed, server
 
-    observed, server = asyncio.run(main())
-    check(scenario, observed, server)
+    with naming_the_seed():
+        observed, server = asyncio.run(main())
+        check(scenario, observed, server)
