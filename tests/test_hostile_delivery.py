@@ -16,7 +16,7 @@ The oracle is the server's own log and the database, never the client's word:
     recipient is ``accepted`` only if such a transaction accepted it with 250/251; and a
     message the server may have taken more than once (its body arrived whole and was not
     refused with a 4xx/5xx) is never sent again silently: every copy after the first
-    came with an attempt flagged as a possible duplicate;
+    came with an attempt flagged as a possible duplicate, as is every ``unknown`` attempt;
 (b) no message is left in ``sending``; each has its attempts numbered 1..n, one for every
     body of it the server began to receive, and ``attempt_count`` counts those that were
     not the provider's failure;
@@ -31,7 +31,7 @@ The oracle is the server's own log and the database, never the client's word:
     pipelined after another message's body when that connection broke);
 (f) every string stored (every text, char and JSON column of the five tables) is valid for
     SQLite and PostgreSQL (UTF-8, no NUL, no lone surrogate, within its column's length)
-    and holds no secret in any form; nor does any log record.
+    and holds no secret in any form; no log record holds a secret or a lone surrogate.
 
 ``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (150 by default),
 ``RELIABLE_MAIL_FUZZ_SEED`` replays a run (a failure names its seed).
@@ -297,6 +297,7 @@ def check_outcomes(server: HostileServer) -> None:
         most = max((copies[job, address] for address in statuses), default=0)
         flagged = [a.number for a in attempts if a.possible_duplicate]
         assert len(flagged) >= most - 1, (job, most, flagged)
+        assert all(a.possible_duplicate for a in attempts if a.outcome == "unknown"), job
         # (b)
         assert message.status != Status.SENDING, job
         assert [a.number for a in attempts] == list(range(1, len(attempts) + 1)), job
@@ -372,6 +373,7 @@ def check_strings(observed: Observed) -> None:
                 check_storable(text, where, max_length=limit)
     for record in observed.records:
         text = record.getMessage() + (record.exc_text or "")
+        text.encode("utf-8")  # a log file written as UTF-8 takes it
         for secret in FORBIDDEN:
             assert secret not in text, (record.name, secret, text)
     # Nothing the sanitizer let through was refused by the database on the way.
