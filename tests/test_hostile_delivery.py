@@ -229,7 +229,7 @@ def drive(scenario: Scenario, observed: Observed) -> None:
             return None
 
     def deliver_due() -> None:
-        # A stream ends as soon as nothing is due: the second is never waited for.
+        # A stream ends as soon as nothing more is due, long before its second is up.
         keep_going = 1 if scenario.stream else 0
         summary = attempt(delivery.deliver_due, limit=scenario.limit, keep_going_seconds=keep_going)
         observed.claimed.append(summary.claimed if summary else len(scenario.recipients))
