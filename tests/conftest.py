@@ -2,6 +2,12 @@ import contextlib
 import warnings
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Examples run against real servers and databases on a shared two-core machine: a slow
+# example is load, not a bug. Each test sets its own example count where it matters.
+hypothesis_settings.register_profile("reliable_mail", deadline=None)
+hypothesis_settings.load_profile("reliable_mail")
 
 
 def pytest_configure(config):

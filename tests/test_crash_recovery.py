@@ -25,8 +25,6 @@ from .test_queue import queue_async, queue_config
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
 Status = OutboundMessage.Status
-#: The default LEASE_SECONDS before the settings rewrite that lowers it.
-OLD_DEFAULT_LEASE = 300
 
 
 def test_the_defaults_recover_a_killed_worker_within_two_minutes(settings):
@@ -47,8 +45,6 @@ def test_the_defaults_recover_a_killed_worker_within_two_minutes(settings):
     schedule = Schedule.objects.get(name=tasks.DISPATCH_SCHEDULE_NAME)
     assert (schedule.schedule_type, schedule.repeats) == (Schedule.MINUTES, -1)
     period = schedule.minutes * 60
-    if lease == OLD_DEFAULT_LEASE:
-        pytest.xfail("LEASE_SECONDS still defaults to 300 s; the settings rewrite makes it 45")
     assert lease + period <= 120
 
 
