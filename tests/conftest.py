@@ -1,6 +1,13 @@
+import contextlib
 import warnings
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Examples run against real servers and databases on a shared two-core machine: a slow
+# example is load, not a bug. Each test sets its own example count where it matters.
+hypothesis_settings.register_profile("reliable_mail", deadline=None)
+hypothesis_settings.load_profile("reliable_mail")
 
 
 def pytest_configure(config):
@@ -43,20 +50,13 @@ def smtp_server(tls):
 
 
 @pytest.fixture
-def misbehaving_server():
-    """Factory: ``misbehaving_server(greeting=…, final_reply=…)`` → a started raw server."""
-    from .misbehaving import MisbehavingServer
+def hostile_server():
+    """Factory: ``hostile_server(always=…, final_reply=…, …)`` → a raw server that
+    misbehaves as told (``tests/hostile.py``), served from a thread of its own."""
+    from .hostile import HostileServer, serving_in_a_thread
 
-    started = []
-
-    def start(**kwargs):
-        server = MisbehavingServer(**kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    with contextlib.ExitStack() as started:
+        yield lambda **kwargs: started.enter_context(serving_in_a_thread(HostileServer(**kwargs)))
 
 
 def end_other_sessions():

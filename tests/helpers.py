@@ -1,8 +1,15 @@
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 from django_reliable_mail.smtp import Envelope, ServerSettings
 
+ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-Zq8#secret"
 BODY = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
 
@@ -79,3 +86,56 @@ def slow_recording(monkeypatch, *, chunk, seconds=0.02):
 
     monkeypatch.setattr(sending, "record_batch", counting)
     return sizes
+
+
+def run_django(env, *args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m django ARGS`` in the project's directory with ``env``, its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def expired_leases_seen_before_each_send(monkeypatch) -> list[int]:
+    """The ids of messages still in ``sending`` with their lease over, looked up on the
+    database side before each send (as a rate-limit slot is reserved); fills as it goes."""
+    from django.utils import timezone
+
+    from django_reliable_mail import throttle
+    from django_reliable_mail.models import OutboundMessage
+
+    expired: list[int] = []
+    reserve = throttle.reserve_slot
+
+    def reserve_and_look(*args, **kwargs):
+        expired.extend(
+            OutboundMessage.objects.filter(
+                status=OutboundMessage.Status.SENDING, lease_expires_at__lt=timezone.now()
+            ).values_list("pk", flat=True)
+        )
+        return reserve(*args, **kwargs)
+
+    monkeypatch.setattr(throttle, "reserve_slot", reserve_and_look)
+    return expired
+
+
+@contextlib.contextmanager
+def killing_the_helper_after(server, *, bodies: int):
+    """SIGKILL the SMTP helper process once ``server`` has received ``bodies`` bodies."""
+    from django_reliable_mail.smtp import helper
+
+    def kill() -> None:
+        wait_for(lambda: len(server.messages) >= bodies)
+        os.kill(helper._shared.process.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield
+    finally:
+        killer.join()

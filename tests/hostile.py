@@ -12,9 +12,16 @@ reads a body only after it answered DATA with a 354. A ``lenient`` server goes o
 transaction whatever it answered to MAIL, and answers DATA with 354 even when it accepted
 no recipient (RFC 2920 §3.1 wants 554 then), so that a client which takes an odd reply for
 success shows it by sending a body. For every body it logs which job it carried (the
-``X-Job`` header), whether the final "." arrived, and what it answered to it: the oracle
-the hostile-server tests judge the client by. With ``echo``, its replies carry the AUTH
-payload it was sent (as received and decoded), as a careless server's would.
+``X-Job`` header, or a subject "job N"), whether the final "." arrived, and what it
+answered to it: the oracle the hostile-server tests judge the client by. With ``echo``,
+its replies carry the AUTH payload it was sent (as received and decoded), as a careless
+server's would.
+
+A misbehaviour may also be set for every reply of a stage (``always``: a server that closes
+every connection at once, greets with garbage, or drops every connection at EHLO), and the
+normal reply to the end of the data may depend on the message (``final_reply``). For
+synchronous callers (Django), :func:`serving_in_a_thread` runs it on a loop of its own.
+The hypothesis strategies at the end say what such a server may send, for the fuzzers.
 """
 
 from __future__ import annotations
@@ -22,13 +29,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
+import random
 import re
 import socket
 import ssl
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, seed, settings
+from hypothesis import strategies as st
 
 STAGES = (
     "greeting",
@@ -44,7 +56,9 @@ STAGES = (
 )
 #: In a scripted reply, replaced by the AUTH payload the server last received.
 ECHO = b"{echo}"
-_JOB_HEADER = re.compile(rb"^X-Job: (\S+)\r?$", re.MULTILINE)
+#: A greeting that is not SMTP at all.
+GARBAGE = b"HELLO, THIS IS NOT SMTP\r\n"
+_JOB_HEADER = re.compile(rb"^(?:X-Job: |Subject: job )(\S+)\r?$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -94,10 +108,19 @@ class Body:
     complete: bool = False
     #: What the server sent after the final "." (None: nothing).
     answer: bytes | None = None
+    #: The lines received, as they came (dot-stuffed), without the final ".".
+    data: bytes = b""
 
     @property
     def answered_250(self) -> bool:
         return self.mail_ok and self.complete and answered(self.answer, 250)
+
+    @property
+    def may_be_kept(self) -> bool:
+        """Whether the server may have taken the message: it arrived whole in a transaction
+        with recipients, and the server did not plainly refuse it (a 4xx or 5xx reply)."""
+        refused = answered(self.answer, *range(400, 600))
+        return self.mail_ok and bool(self.accepted) and self.complete and not refused
 
 
 @dataclass
@@ -109,6 +132,22 @@ class ServerLog:
     auth_payloads: list[bytes] = field(default_factory=list)
     #: Lines read as commands that are none: a body sent without a 354, for one.
     unrecognized: list[bytes] = field(default_factory=list)
+    #: (connection, sender) of every MAIL command, whatever the server answered.
+    senders: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[bytes]:
+        """The data of every body that arrived whole (its final "." came)."""
+        return [body.data for body in self.bodies if body.complete]
+
+    def copies(self) -> Counter[tuple[str, str]]:
+        """(job, recipient) → how many bodies the server may have kept for them."""
+        return Counter(
+            (body.job, recipient)
+            for body in self.bodies
+            if body.may_be_kept and body.job is not None
+            for recipient in body.accepted
+        )
 
     def jobs_delivered(self) -> dict[str, list[str]]:
         """Job → recipients the server took with a 250 to the end of the data."""
@@ -132,6 +171,8 @@ class HostileServer:
         self,
         *,
         script: Mapping[tuple[str, int], Misbehaviour] | None = None,
+        always: Mapping[str, Misbehaviour] | None = None,
+        final_reply: Callable[[bytes], bytes] | None = None,
         tls_context: ssl.SSLContext | None = None,
         pipelining: bool = True,
         users: Mapping[str, str] | None = None,
@@ -139,7 +180,12 @@ class HostileServer:
         lenient: bool = False,
     ) -> None:
         self.lenient = lenient
+        #: (stage, n) → what the n-th reply of that stage (over the server's life) is instead.
         self.script = dict(script or {})
+        #: stage → what every reply of that stage is instead, where the script says nothing.
+        self.always = dict(always or {})
+        #: The normal reply to the end of a message's data, given its data.
+        self.final_reply = final_reply
         self.tls_context = tls_context
         self.pipelining = pipelining
         self.users = dict(users or {})
@@ -151,6 +197,11 @@ class HostileServer:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._command_arrived = asyncio.Event()
+
+    @property
+    def tls(self) -> str:
+        """The TLS policy a client needs for this server (as a provider's ``TLS``)."""
+        return "starttls" if self.tls_context is not None else "none"
 
     async def wait_for_command(self, prefix: str) -> None:
         """Until a command starting with ``prefix`` has arrived."""
@@ -198,7 +249,7 @@ class HostileServer:
     def misbehaviour(self, stage: str) -> Misbehaviour | None:
         number = self.counts[stage]
         self.counts[stage] += 1
-        return self.script.get((stage, number))
+        return self.script.get((stage, number), self.always.get(stage))
 
 
 class _Connection:
@@ -313,7 +364,9 @@ class _Connection:
             parts = _b64(payload).split(b"\0")
             ok = len(parts) == 3 and self._valid(parts[1], parts[2])
         elif mechanism == b"LOGIN":
-            user = await self._challenge(b"VXNlcm5hbWU6")
+            # The user name may come with the command (an initial response, as aiosmtplib
+            # sends it) or after a "Username:" challenge.
+            user = words[2] if len(words) > 2 else await self._challenge(b"VXNlcm5hbWU6")
             password = await self._challenge(b"UGFzc3dvcmQ6")
             self._remember(password)
             ok = self._valid(_b64(user), _b64(password))
@@ -341,6 +394,7 @@ class _Connection:
         if self.in_transaction:
             await self.write(b"503 5.5.1 nested MAIL\r\n")
             return
+        self.server.log.senders.append((self.number, _address(command)))
         sent = await self.reply("mail", b"250 2.1.0 Sender OK\r\n")
         self.mail_ok = answered(sent, 250)
         self.in_transaction = self.mail_ok or self.server.lenient
@@ -376,11 +430,15 @@ class _Connection:
             lines.append(line)
             if body.job is None and (found := _JOB_HEADER.search(line)):
                 body.job = found.group(1).decode()
-        body.complete = True
+        body.complete, body.data = True, b"".join(lines)
         queue_id = f"Q{len(self.server.log.bodies)}".encode()
+        if self.server.final_reply is not None:
+            normal = self.server.final_reply(body.data)
+        else:
+            normal = self._echoed(b"250 2.0.0 Ok: queued as " + queue_id)
         self.sent = None
         try:
-            await self.reply("end_of_data", self._echoed(b"250 2.0.0 Ok: queued as " + queue_id))
+            await self.reply("end_of_data", normal)
         finally:
             body.answer = self.sent
 
@@ -430,3 +488,171 @@ def serving_in_a_thread(server: HostileServer) -> Iterator[HostileServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+# -- what a hostile server may send (hypothesis strategies) --------------------------------
+
+#: Half of them codes that mean success at some stage: what a careless client takes for it.
+plausible_codes = st.sampled_from([220, 221, 235, 250, 251, 252, 334, 354])
+codes = st.one_of(
+    plausible_codes,
+    plausible_codes,
+    st.sampled_from([200, 299, 399, 421, 450, 452, 454, 500, 503, 530, 535, 550, 554, 599]),
+    st.integers(100, 599),
+)
+texts = st.one_of(
+    st.just(b"ok"),
+    st.sampled_from(
+        [
+            b"Empf\xe4nger unbekannt",
+            b"nul\x00byte",
+            b"5.1.1 user unknown",
+            b"2.0.0 queued as \xff\xfeQ",
+            b"\x1b[31m red",
+            ECHO,
+            b"5.7.8 " + ECHO,
+        ]
+    ),
+    st.binary(max_size=24).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+
+
+def _line(code: int, text: bytes, *, last: bool) -> bytes:
+    return str(code).encode() + (b" " if last else b"-") + text + b"\r\n"
+
+
+def _lines(pairs: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(_line(c, t, last=i == len(pairs) - 1) for i, (c, t) in enumerate(pairs))
+
+
+single = st.builds(lambda c, t: _line(c, t, last=True), codes, texts)
+same_code = st.builds(
+    lambda c, ts: _lines([(c, t) for t in ts]), codes, st.lists(texts, min_size=2, max_size=4)
+)
+mixed_codes = st.lists(st.tuples(codes, texts), min_size=2, max_size=4).map(_lines)
+malformed = st.sampled_from(
+    [
+        b"-12 minus\r\n",
+        b" 12 space\r\n",
+        b"099 low\r\n",
+        b"600 high\r\n",
+        b"2500 four digits\r\n",
+        b"hello there\r\n",
+        b"\r\n",
+        b"250x\r\n",
+        b"25\r\n",
+        b"\x00\x00\x00\r\n",
+        b"\xff\xfe\r\n",
+    ]
+)
+long_line = st.builds(
+    lambda c, n: str(c).encode() + b" " + b"x" * n + b"\r\n",
+    codes,
+    st.sampled_from([8180, 8200, 10_000, 100_000, 1_000_000]),
+)
+bare_newline = st.builds(lambda c, t: str(c).encode() + b" " + t + b"\n", codes, texts)
+payloads = st.one_of(single, same_code, mixed_codes, malformed, long_line, bare_newline)
+#: Mostly one plain reply line: the way a server most often says something unexpected.
+misbehaviours = st.one_of(
+    st.builds(send, single),
+    st.builds(send, single),
+    st.builds(send, single),
+    st.builds(send, payloads, trickle=st.booleans(), hang_up=st.booleans()),
+    st.sampled_from([DISCONNECT, SILENCE]),
+)
+#: Which reply of a stage (over the server's life): mostly the first.
+occurrences = st.sampled_from([0, 0, 0, 1, 2, 3])
+#: Every stage, the transaction's three times as often.
+TRANSACTION_STAGES = ("mail", "rcpt", "data", "end_of_data")
+stages = st.sampled_from([*STAGES, *TRANSACTION_STAGES, *TRANSACTION_STAGES])
+scripts = st.dictionaries(st.tuples(stages, occurrences), misbehaviours, min_size=1, max_size=5)
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """How the hostile server of one generated example behaves."""
+
+    tls: str
+    pipelining: bool
+    lenient: bool
+    auth: bool
+    #: The AUTH mechanism the client is allowed to use.
+    mechanism: str
+    script: Mapping[tuple[str, int], Misbehaviour]
+    always: Mapping[str, Misbehaviour]
+
+    def server(self, *, tls_context: ssl.SSLContext, users: Mapping[str, str]) -> HostileServer:
+        """The server, echoing the AUTH payload it gets; ``users`` only if it asks for AUTH."""
+        return HostileServer(
+            script=self.script,
+            always=self.always,
+            tls_context=tls_context if self.tls == "starttls" else None,
+            pipelining=self.pipelining,
+            lenient=self.lenient,
+            users=users if self.auth else None,
+            echo=True,
+        )
+
+
+#: Never a misbehaviour at every reply of a stage…
+never = st.just({})
+#: …or now and then: a provider broken for good.
+always = st.one_of(never, never, st.dictionaries(stages, misbehaviours, max_size=1))
+
+
+def server_plans(
+    *,
+    script: st.SearchStrategy[dict[tuple[str, int], Misbehaviour]] = scripts,
+    every_time: st.SearchStrategy[dict[str, Misbehaviour]] = never,
+) -> st.SearchStrategy[ServerPlan]:
+    return st.builds(
+        ServerPlan,
+        tls=st.sampled_from(["none", "starttls"]),
+        pipelining=st.booleans(),
+        lenient=st.booleans(),
+        auth=st.booleans(),
+        mechanism=st.sampled_from(["PLAIN", "LOGIN"]),
+        script=script,
+        always=every_time,
+    )
+
+
+#: The recipients of one message.
+recipient_lists = st.lists(
+    st.sampled_from(["a@example.com", "b@example.com", "c@example.com"]),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
+
+
+# -- running a fuzzer --------------------------------------------------------------------
+
+#: Each run draws its own seed (hypothesis is not derandomized); a failure names it, and
+#: ``RELIABLE_MAIL_FUZZ_SEED`` replays that run.
+FUZZ_SEED = int(os.environ.get("RELIABLE_MAIL_FUZZ_SEED") or random.randrange(2**32))
+
+
+def fuzzing(default_examples: int, *, suppress: tuple[HealthCheck, ...] = ()) -> Callable:
+    """A fuzzer's hypothesis settings: ``RELIABLE_MAIL_FUZZ_EXAMPLES`` examples (else
+    ``default_examples``), no deadline, the run's seed."""
+    examples = int(os.environ.get("RELIABLE_MAIL_FUZZ_EXAMPLES") or default_examples)
+    checks = [HealthCheck.too_slow, HealthCheck.data_too_large, *suppress]
+
+    def decorate(test: Callable) -> Callable:
+        configured = settings(
+            max_examples=examples, deadline=None, print_blob=True, suppress_health_check=checks
+        )
+        return seed(FUZZ_SEED)(configured(test))
+
+    return decorate
+
+
+@contextlib.contextmanager
+def naming_the_seed() -> Iterator[None]:
+    """A failure inside says which seed replays the run."""
+    try:
+        yield
+    except Exception as failure:
+        failure.add_note(f"RELIABLE_MAIL_FUZZ_SEED={FUZZ_SEED} replays this run")
+        raise

@@ -12,22 +12,19 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
-from django_reliable_mail import delivery, throttle
+from django_reliable_mail import delivery
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.conf import get_config
 from django_reliable_mail.models import OutboundMessage
 
-from .helpers import slow_recording, wait_for
+from .helpers import expired_leases_seen_before_each_send, run_django, slow_recording, wait_for
 from .test_backend import message, provider_for
 from .test_queue import queue_async, queue_config
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
 Status = OutboundMessage.Status
-#: The default LEASE_SECONDS before the settings rewrite that lowers it.
-OLD_DEFAULT_LEASE = 300
 
 
 def test_the_defaults_recover_a_killed_worker_within_two_minutes(settings):
@@ -48,8 +45,6 @@ def test_the_defaults_recover_a_killed_worker_within_two_minutes(settings):
     schedule = Schedule.objects.get(name=tasks.DISPATCH_SCHEDULE_NAME)
     assert (schedule.schedule_type, schedule.repeats) == (Schedule.MINUTES, -1)
     period = schedule.minutes * 60
-    if lease == OLD_DEFAULT_LEASE:
-        pytest.xfail("LEASE_SECONDS still defaults to 300 s; the settings rewrite makes it 45")
     assert lease + period <= 120
 
 
@@ -76,18 +71,7 @@ def test_a_long_rate_limited_batch_keeps_its_leases_while_the_database_side_is_b
     }
     queue_async(settings)
     EmailBackend().send_messages([message() for _ in range(8)])
-    expired = []
-    reserve = throttle.reserve_slot
-
-    def reserve_and_look(*args, **kwargs):  # on the database side, before each send
-        expired.extend(
-            OutboundMessage.objects.filter(
-                status=Status.SENDING, lease_expires_at__lt=timezone.now()
-            ).values_list("pk", flat=True)
-        )
-        return reserve(*args, **kwargs)
-
-    monkeypatch.setattr(throttle, "reserve_slot", reserve_and_look)
+    expired = expired_leases_seen_before_each_send(monkeypatch)
     sizes = slow_recording(monkeypatch, chunk=1, seconds=0.3)
     summary = delivery.deliver_due(limit=8, keep_going_seconds=30)
     assert summary.sent == 8 and sum(sizes) == 8
@@ -156,22 +140,10 @@ def _worker_env(tmp_path):
         env["RELIABLE_MAIL_TEST_DB"] = "sqlite"
         env["RELIABLE_MAIL_TEST_SQLITE_FILE"] = str(tmp_path / "mail.sqlite3")
         if not (tmp_path / "mail.sqlite3").exists():
-            assert django(env, "migrate", "-v", "0").returncode == 0
+            assert run_django(env, "migrate", "-v", "0").returncode == 0
         return env
 
     yield env_for
-
-
-def django(env, *args, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", "django", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kwargs,
-    )
 
 
 def spawn(env, *args):
@@ -205,7 +177,7 @@ def test_a_killed_workers_messages_go_out_again_within_a_lease(
             },
         }
     )
-    queued = django(env, "shell", "-c", QUEUE)
+    queued = run_django(env, "shell", "-c", QUEUE)
     assert queued.returncode == 0, queued.stdout + queued.stderr
     worker = spawn(env, "reliable_mail_send", "--no-progress", "--loop", "--interval", "0.1")
     dispatcher = None

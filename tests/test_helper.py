@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from django_reliable_mail.delivery.sending import _cores
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
 from django_reliable_mail.smtp import helper
 
-from .helpers import gone, slow_recording, wait_for
+from .helpers import gone, killing_the_helper_after, slow_recording, wait_for
 from .test_backend import message, provider_for
 from .test_queue import queue_async, queue_config, queue_sync
 
@@ -116,14 +115,8 @@ def test_a_helper_that_dies_mid_batch_gives_every_message_back(smtp_server, sett
     queue_async(settings)
     EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(6)])
 
-    def kill_when_a_body_is_out():
-        wait_for(lambda: len(server.messages) >= 2)
-        os.kill(helper._shared.process.pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_a_body_is_out)
-    killer.start()
-    summary = delivery.deliver_due(limit=10)
-    killer.join()
+    with killing_the_helper_after(server, bodies=2):
+        summary = delivery.deliver_due(limit=10)
     assert summary.recovered >= 1
     assert "helper process stopped in the middle of a batch" in caplog.text
 

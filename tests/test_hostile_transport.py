@@ -13,17 +13,17 @@ The oracle is the hostile server's own log (``tests/hostile.py``), not the clien
     although the server echoes the AUTH payload in its replies;
 (f) ``unknown`` only when the body was sent.
 
-``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (a few hundred by default).
+``RELIABLE_MAIL_FUZZ_EXAMPLES`` sets the number of examples (a few hundred by default),
+``RELIABLE_MAIL_FUZZ_SEED`` replays a run (a failure names its seed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from django_reliable_mail.smtp import Envelope, Outcome, ServerSettings, deliver
@@ -32,14 +32,20 @@ from django_reliable_mail.smtp.result import AttemptResult
 from django_reliable_mail.smtp.transport import BodyStartNotRecorded
 
 from .helpers import PASSWORD, forbidden_strings
-from .hostile import DISCONNECT, ECHO, SILENCE, STAGES, HostileServer, Misbehaviour, send
+from .hostile import (
+    HostileServer,
+    ServerPlan,
+    fuzzing,
+    naming_the_seed,
+    recipient_lists,
+    server_plans,
+)
 
 USERNAME = "u@example.com"
 TOKEN = "never-used-token-value"
 FORBIDDEN = forbidden_strings(USERNAME, PASSWORD, TOKEN)
 #: Short enough that silence costs little; long enough for a loopback TLS handshake.
 TIMEOUT = 0.3
-EXAMPLES = int(os.environ.get("RELIABLE_MAIL_FUZZ_EXAMPLES", "200"))
 
 
 def body_of(key: int) -> bytes:
@@ -63,93 +69,13 @@ def server_settings(
     )
 
 
-# -- what a server may send -------------------------------------------------------------
-
-#: Half of them codes that mean success at some stage: what a careless client takes for it.
-plausible_codes = st.sampled_from([220, 221, 235, 250, 251, 252, 334, 354])
-codes = st.one_of(
-    plausible_codes,
-    plausible_codes,
-    st.sampled_from([200, 299, 399, 421, 450, 452, 454, 500, 503, 530, 535, 550, 554, 599]),
-    st.integers(100, 599),
-)
-texts = st.one_of(
-    st.just(b"ok"),
-    st.sampled_from(
-        [
-            b"Empf\xe4nger unbekannt",
-            b"nul\x00byte",
-            b"5.1.1 user unknown",
-            b"2.0.0 queued as \xff\xfeQ",
-            b"\x1b[31m red",
-            ECHO,
-            b"5.7.8 " + ECHO,
-        ]
-    ),
-    st.binary(max_size=24).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
-)
-
-
-def _line(code: int, text: bytes, *, last: bool) -> bytes:
-    return str(code).encode() + (b" " if last else b"-") + text + b"\r\n"
-
-
-def _lines(pairs: list[tuple[int, bytes]]) -> bytes:
-    return b"".join(_line(c, t, last=i == len(pairs) - 1) for i, (c, t) in enumerate(pairs))
-
-
-single = st.builds(lambda c, t: _line(c, t, last=True), codes, texts)
-same_code = st.builds(
-    lambda c, ts: _lines([(c, t) for t in ts]), codes, st.lists(texts, min_size=2, max_size=4)
-)
-mixed_codes = st.lists(st.tuples(codes, texts), min_size=2, max_size=4).map(_lines)
-malformed = st.sampled_from(
-    [
-        b"-12 minus\r\n",
-        b" 12 space\r\n",
-        b"099 low\r\n",
-        b"600 high\r\n",
-        b"2500 four digits\r\n",
-        b"hello there\r\n",
-        b"\r\n",
-        b"250x\r\n",
-        b"25\r\n",
-        b"\x00\x00\x00\r\n",
-        b"\xff\xfe\r\n",
-    ]
-)
-long_line = st.builds(
-    lambda c, n: str(c).encode() + b" " + b"x" * n + b"\r\n",
-    codes,
-    st.sampled_from([8180, 8200, 10_000, 100_000, 1_000_000]),
-)
-bare_newline = st.builds(lambda c, t: str(c).encode() + b" " + t + b"\n", codes, texts)
-payloads = st.one_of(single, same_code, mixed_codes, malformed, long_line, bare_newline)
-misbehaviours = st.one_of(
-    st.builds(send, single),
-    st.builds(send, single),
-    st.builds(send, payloads, trickle=st.booleans(), hang_up=st.booleans()),
-    st.sampled_from([DISCONNECT, SILENCE]),
-)
-#: Which reply of a stage (over the server's life): mostly the first.
-occurrences = st.sampled_from([0, 0, 0, 1, 2, 3])
-#: Every stage, the transaction's twice as often.
-stages = st.sampled_from([*STAGES, "mail", "rcpt", "data", "end_of_data"])
-scripts = st.dictionaries(st.tuples(stages, occurrences), misbehaviours, max_size=4)
-
-
 @dataclass
 class Scenario:
-    tls: str
-    pipelining: bool
-    lenient: bool
-    auth: bool
-    mechanism: str
+    server: ServerPlan
     recipients: list[list[str]]
     batch: bool
     max_connections: int
     max_per_connection: int
-    script: dict[tuple[str, int], Misbehaviour]
     failing_mark: int | None
 
 
@@ -157,23 +83,12 @@ class Scenario:
 def scenarios(draw: st.DrawFn) -> Scenario:
     batch = draw(st.booleans())
     jobs = draw(st.integers(2, 5)) if batch else 1
-    addresses = st.lists(
-        st.sampled_from(["a@example.com", "b@example.com", "c@example.com"]),
-        min_size=1,
-        max_size=3,
-        unique=True,
-    )
     return Scenario(
-        tls=draw(st.sampled_from(["none", "starttls"])),
-        pipelining=draw(st.booleans()),
-        lenient=draw(st.booleans()),
-        auth=draw(st.booleans()),
-        mechanism=draw(st.sampled_from(["PLAIN", "LOGIN"])),
-        recipients=[draw(addresses) for _ in range(jobs)],
+        server=draw(server_plans()),
+        recipients=[draw(recipient_lists) for _ in range(jobs)],
         batch=batch,
         max_connections=draw(st.integers(1, 2)),
         max_per_connection=draw(st.integers(1, 4)),
-        script=draw(scripts),
         failing_mark=draw(st.none() | st.integers(0, jobs - 1)) if batch else None,
     )
 
@@ -189,12 +104,13 @@ class Observed:
 
 
 async def run(scenario: Scenario, server: HostileServer, ca_file: str) -> Observed:
-    auth = {"username": USERNAME, "password": PASSWORD} if scenario.auth else {}
+    plan = scenario.server
+    auth = {"username": USERNAME, "password": PASSWORD} if plan.auth else {}
     config = server_settings(
         server,
-        tls=scenario.tls,
+        tls=plan.tls,
         ca_file=ca_file,
-        auth_mechanisms=(scenario.mechanism,),
+        auth_mechanisms=(plan.mechanism,),
         **auth,
     )
     jobs = [
@@ -275,25 +191,15 @@ def check(scenario: Scenario, observed: Observed, server: HostileServer) -> None
         assert (result.outcome in (Outcome.ACCEPTED, Outcome.PARTIAL)) == bool(accepted)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@fuzzing(200)
 @given(scenario=scenarios())
 def test_no_server_behaviour_makes_the_transport_lie_or_raise(tls, scenario):
     async def main() -> tuple[Observed, HostileServer]:
-        server = HostileServer(
-            script=scenario.script,
-            tls_context=tls[0] if scenario.tls == "starttls" else None,
-            pipelining=scenario.pipelining,
-            lenient=scenario.lenient,
-            users={USERNAME: PASSWORD} if scenario.auth else None,
-            echo=True,
-        )
+        server = scenario.server.server(tls_context=tls[0], users={USERNAME: PASSWORD})
         async with server:
             observed = await run(scenario, server, tls[1])
         return observed, server
 
-    observed, server = asyncio.run(main())
-    check(scenario, observed, server)
+    with naming_the_seed():
+        observed, server = asyncio.run(main())
+        check(scenario, observed, server)

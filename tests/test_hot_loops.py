@@ -18,20 +18,18 @@ from django_reliable_mail import delivery
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.models import DeliveryAttempt, OutboundMessage, ProviderState
 
-from .helpers import wait_for
-from .misbehaving import GARBAGE
+from .helpers import killing_the_helper_after
+from .hostile import DISCONNECT, GARBAGE, send
 from .test_backend import message, provider_for
 from .test_queue import queue_async, queue_config
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = OutboundMessage.Status
 
-#: What a broken provider does on accept: close at once, or greet with garbage, or greet
-#: and drop the connection at EHLO (a set-up failure the session does not call the
-#: provider's).
+#: What a broken provider does on accept: close at once, or greet with garbage.
 BROKEN = {
-    "closes": {"greeting": None},
-    "garbage": {"greeting": GARBAGE},
+    "closes": {"greeting": DISCONNECT},
+    "garbage": {"greeting": send(GARBAGE)},
 }
 
 
@@ -68,9 +66,9 @@ def pause_left():
 @pytest.mark.parametrize("smtp_process", ["always", "never"])
 @pytest.mark.parametrize("broken", sorted(BROKEN))
 def test_a_broken_provider_gets_a_few_connections_not_hundreds(
-    misbehaving_server, settings, caplog, smtp_process, broken
+    hostile_server, settings, caplog, smtp_process, broken
 ):
-    server = misbehaving_server(**BROKEN[broken])
+    server = hostile_server(always=BROKEN[broken])
     settings.RELIABLE_MAIL = broken_config(server, smtp_process)
     queue_async(settings)
     EmailBackend().send_messages([message(subject=f"m{i}") for i in range(5)])
@@ -79,7 +77,7 @@ def test_a_broken_provider_gets_a_few_connections_not_hundreds(
     out = send_loop("--idle-exit", "2", "--interval", "0.05", "--keep-going", "1")
     assert out.startswith("0 attempt(s)") or "0 sent" in out
 
-    assert server.connections <= 2  # one batch, its connections; then the pause
+    assert server.log.connections <= 2  # one batch, its connections; then the pause
     failures, left = pause_left()
     assert failures == 1 and 20 < left <= 30
     rows = list(OutboundMessage.objects.all())
@@ -93,7 +91,7 @@ def test_a_broken_provider_gets_a_few_connections_not_hundreds(
     ProviderState.objects.update(degraded_until=timezone.now() - timedelta(seconds=1))
     OutboundMessage.objects.update(next_attempt_at=timezone.now())
     send_loop("--idle-exit", "1", "--interval", "0.05", "--keep-going", "1")
-    assert server.connections <= 4
+    assert server.log.connections <= 4
     failures, longer = pause_left()
     assert failures == 2 and longer > 45
     assert set(OutboundMessage.objects.values_list("attempt_count", flat=True)) == {0}
@@ -101,17 +99,17 @@ def test_a_broken_provider_gets_a_few_connections_not_hundreds(
 
 @pytest.mark.parametrize("smtp_process", ["always", "never"])
 def test_a_server_that_drops_every_connection_at_ehlo_uses_no_attempts(
-    misbehaving_server, settings, smtp_process
+    hostile_server, settings, smtp_process
 ):
     """The session classifies a connection lost during set-up as the message's transient
     failure; no reply said anything about the message, so the delivery side takes it as the
     provider's: one connection, a pause, no attempt used."""
-    server = misbehaving_server(drop_at_ehlo=True)
+    server = hostile_server(always={"ehlo": DISCONNECT})
     settings.RELIABLE_MAIL = broken_config(server, smtp_process, MAX_CONNECTIONS=1)
     queue_async(settings)
     EmailBackend().send_messages([message(subject=f"m{i}") for i in range(20)])
     summary = delivery.deliver_due(limit=20, keep_going_seconds=1)
-    assert server.connections == 1 and summary.attempts == 1
+    assert server.log.connections == 1 and summary.attempts == 1
     assert set(OutboundMessage.objects.values_list("attempt_count", flat=True)) == {0}
     assert DeliveryAttempt.objects.get().provider_level
     assert pause_left()[0] == 1
@@ -169,7 +167,6 @@ def test_sigterm_stops_the_loop_even_while_it_backs_off(smtp_server, settings, m
 def test_a_helper_that_crashes_mid_batch_returns_messages_not_due_under_the_policy(
     smtp_server, settings
 ):
-    from django_reliable_mail.smtp import helper
 
     server = smtp_server(reply_delay=0.3)
     settings.RELIABLE_MAIL = {
@@ -183,14 +180,8 @@ def test_a_helper_that_crashes_mid_batch_returns_messages_not_due_under_the_poli
     queue_async(settings)
     EmailBackend().send_messages([message(to=[f"u{i}@example.com"]) for i in range(6)])
 
-    def kill_when_a_body_is_out():
-        wait_for(lambda: len(server.messages) >= 1)
-        os.kill(helper._shared.process.pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_a_body_is_out)
-    killer.start()
-    summary = delivery.deliver_due(limit=10)
-    killer.join()
+    with killing_the_helper_after(server, bodies=1):
+        summary = delivery.deliver_due(limit=10)
     assert summary.recovered >= 1
     assert not OutboundMessage.objects.filter(status=Status.SENDING).exists()
     pause_end = ProviderState.objects.get(name="main").degraded_until
@@ -208,9 +199,9 @@ def test_a_helper_that_crashes_mid_batch_returns_messages_not_due_under_the_poli
 
 @pytest.mark.parametrize("by_ids", [False, True])
 def test_one_providers_failed_batch_does_not_stop_the_others(
-    misbehaving_server, smtp_server, settings, by_ids
+    hostile_server, smtp_server, settings, by_ids
 ):
-    broken, good = misbehaving_server(greeting=GARBAGE), smtp_server()
+    broken, good = hostile_server(always={"greeting": send(GARBAGE)}), smtp_server()
     settings.RELIABLE_MAIL = {
         "DEFAULT_PROVIDER": "broken",
         "MODE": "queue",

@@ -44,6 +44,16 @@ async def one(server: HostileServer, *recipients: str, **settings):
     return result
 
 
+async def one_with_credentials(tls, script, **settings):
+    """One message over STARTTLS to a server that wants AUTH; (the server, the result)."""
+    server = HostileServer(script=script, tls_context=tls[0], users={USERNAME: PASSWORD})
+    async with server:
+        result = await one(
+            server, tls="starttls", ca_file=tls[1], username=USERNAME, password=PASSWORD, **settings
+        )
+    return server, result
+
+
 def no_body_went_out(server: HostileServer) -> bool:
     return all(body.job is None for body in server.log.bodies) and not server.log.unrecognized
 
@@ -94,14 +104,26 @@ async def test_a_pipelined_354_with_no_recipient_accepted_gets_no_dot():
     assert "closing the connection without QUIT" in result.transcript
 
 
-async def test_final_dot_answered_354_is_no_success():
-    script = {("end_of_data", 0): send(b"354 Go on\r\n")}
+@pytest.mark.parametrize("reply", [b"354 Go on\r\n", b"220 ok\r\n", b"251 2.0.0 queued\r\n"])
+async def test_final_dot_answered_positively_but_not_250_is_no_success_and_unknown(reply):
+    """The server took the whole body and said something positive: it may have the
+    message, so the outcome is ``unknown`` (a retry is a possible duplicate)."""
+    script = {("end_of_data", 0): send(reply)}
+    async with HostileServer(script=script) as server:
+        result = await one(server)
+    assert result.outcome == Outcome.UNKNOWN and result.body_sent
+    assert result.reply_code == int(reply[:3]) and result.queue_id == ""
+    recipient = result.recipients["a@example.com"]
+    assert (recipient.state, recipient.stage) == ("unknown", "end_of_data")
+    assert "QUIT" not in server.log.commands  # it may read a QUIT as message text
+
+
+async def test_final_dot_refused_is_a_plain_failure():
+    script = {("end_of_data", 0): send(b"451 4.3.0 try again later\r\n")}
     async with HostileServer(script=script) as server:
         result = await one(server)
     assert result.outcome == Outcome.TRANSIENT_FAILURE
-    assert result.reply_code == 354 and result.queue_id == ""
-    assert result.recipients["a@example.com"].stage == "end_of_data"
-    assert "QUIT" not in server.log.commands  # it may read a QUIT as message text
+    assert result.recipients["a@example.com"].state == "deferred"
 
 
 @pytest.mark.parametrize(
@@ -192,16 +214,7 @@ async def test_codes_outside_200_to_599(line):
 )
 async def test_a_535_echoing_the_auth_plain_payload_and_the_password(tls, reply):
     script = {("auth", 0): send(reply)}
-    server = HostileServer(script=script, tls_context=tls[0], users={USERNAME: PASSWORD})
-    async with server:
-        result = await one(
-            server,
-            tls="starttls",
-            ca_file=tls[1],
-            username=USERNAME,
-            password=PASSWORD,
-            auth_mechanisms=("PLAIN",),
-        )
+    server, result = await one_with_credentials(tls, script, auth_mechanisms=("PLAIN",))
     assert server.log.auth_payloads  # it did get (and echo) the payload
     assert result.outcome == Outcome.CONFIG_ERROR and result.reply_code == 535
     texts = [result.reply_text, result.error, result.transcript]
@@ -356,11 +369,7 @@ async def test_helo_answered_other_than_250_is_a_provider_failure():
 
 async def test_starttls_answered_250_sends_nothing_in_clear(tls):
     script = {("starttls", 0): send(b"250 sure\r\n")}
-    server = HostileServer(script=script, tls_context=tls[0], users={USERNAME: PASSWORD})
-    async with server:
-        result = await one(
-            server, tls="starttls", ca_file=tls[1], username=USERNAME, password=PASSWORD
-        )
+    server, result = await one_with_credentials(tls, script)
     assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
     assert result.reply_code == 250 and server.log.auth_payloads == []
     assert not any(c.startswith(("AUTH", "MAIL")) for c in server.log.commands)
@@ -369,16 +378,7 @@ async def test_starttls_answered_250_sends_nothing_in_clear(tls):
 async def test_a_334_that_ends_auth_plain_is_a_failure_and_the_connection_dropped(tls):
     # The server waits for more: a QUIT now would be read as an AUTH answer.
     script = {("auth", 0): send(b"334 \r\n")}
-    server = HostileServer(script=script, tls_context=tls[0], users={USERNAME: PASSWORD})
-    async with server:
-        result = await one(
-            server,
-            tls="starttls",
-            ca_file=tls[1],
-            username=USERNAME,
-            password=PASSWORD,
-            auth_mechanisms=("PLAIN",),
-        )
+    server, result = await one_with_credentials(tls, script, auth_mechanisms=("PLAIN",))
     assert result.outcome == Outcome.TRANSIENT_FAILURE and result.provider_level
     assert result.reply_code == 334 and "QUIT" not in server.log.commands
 

@@ -23,7 +23,7 @@ from django_reliable_mail.models import (
     ProviderState,
 )
 
-from .helpers import PASSWORD, slow_recording
+from .helpers import PASSWORD, expired_leases_seen_before_each_send, slow_recording
 from .test_backend import message, provider_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -480,25 +480,13 @@ def test_a_provider_failure_ends_the_stream_and_hands_everything_back(smtp_serve
 
 
 def test_a_stream_renews_the_leases_of_what_it_claimed_later(smtp_server, settings, monkeypatch):
-    from django_reliable_mail import throttle
 
     server = smtp_server()
     paced = provider_for(server, MAX_CONNECTIONS=1, RATE_LIMIT="4/s")
     settings.RELIABLE_MAIL = {**queue_config(main=paced), "LEASE_SECONDS": 1}
     queue_async(settings)
     EmailBackend().send_messages([message() for _ in range(8)])  # about 2 s: two leases
-    expired = []
-    reserve = throttle.reserve_slot
-
-    def reserve_and_look(*args, **kwargs):  # runs in the database thread before each send
-        expired.extend(
-            OutboundMessage.objects.filter(
-                status=Status.SENDING, lease_expires_at__lt=timezone.now()
-            ).values_list("pk", flat=True)
-        )
-        return reserve(*args, **kwargs)
-
-    monkeypatch.setattr(throttle, "reserve_slot", reserve_and_look)
+    expired = expired_leases_seen_before_each_send(monkeypatch)
     summary = delivery.deliver_due(limit=2, keep_going_seconds=30)
     assert summary.sent == 8
     assert expired == []

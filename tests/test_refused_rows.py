@@ -111,7 +111,7 @@ def refused_chunk(line, *, reduced, recovered):
 
 
 def copies(server):
-    return Counter(SUBJECT.search(data).group(1).decode().strip() for data in server.messages)
+    return Counter(SUBJECT.search(data).group(1).decode().strip() for data in server.log.messages)
 
 
 def make_due():
@@ -136,9 +136,9 @@ def assert_every_copy_beyond_the_first_flagged(server):
 
 @pytest.mark.parametrize("smtp_process", ["never", "always"])
 def test_a_refused_attempt_is_stored_reduced_and_the_chunk_as_usual(
-    misbehaving_server, refuse, settings, caplog, smtp_process
+    hostile_server, refuse, settings, caplog, smtp_process
 ):
-    server = misbehaving_server(final_reply=marked_reply)
+    server = hostile_server(final_reply=marked_reply)
     settings.RELIABLE_MAIL = config_for(server, smtp_process)
     queue_async(settings)
     subjects = ["m0", "m1", "marked", "m3", "m4"]
@@ -192,12 +192,12 @@ def test_a_refused_attempt_is_stored_reduced_and_the_chunk_as_usual(
 
 @pytest.mark.parametrize("smtp_process", ["never", "always"])
 def test_an_attempt_refused_even_reduced_goes_to_lease_recovery_flagged(
-    misbehaving_server, refuse, settings, caplog, smtp_process
+    hostile_server, refuse, settings, caplog, smtp_process
 ):
     """The database refuses every attempt of one message but an ``unknown`` one: it leaves
     sending through lease recovery, flagged, and is given up at MAX_ATTEMPTS (2) instead of
     being sent again and again (the incident: delivered 3 times, still retrying)."""
-    server = misbehaving_server()
+    server = hostile_server()
     settings.RELIABLE_MAIL = config_for(server, smtp_process)
     queue_async(settings)
     EmailBackend().send_messages([message(subject=s) for s in ["m0", "doomed", "m2"]])
@@ -230,9 +230,9 @@ def test_an_attempt_refused_even_reduced_goes_to_lease_recovery_flagged(
 
 
 def test_a_message_no_attempt_row_can_be_stored_for_is_held_not_resent(
-    misbehaving_server, refuse, settings, caplog
+    hostile_server, refuse, settings, caplog
 ):
-    server = misbehaving_server()
+    server = hostile_server()
     settings.RELIABLE_MAIL = config_for(server)
     queue_async(settings)
     EmailBackend().send_messages([message(subject=s) for s in ["m0", "doomed"]])
@@ -249,10 +249,10 @@ def test_a_message_no_attempt_row_can_be_stored_for_is_held_not_resent(
     assert copies(server) == {"m0": 1, "doomed": 1}
 
 
-def test_immediate_mode_never_raises_to_the_caller(misbehaving_server, refuse, settings, caplog):
+def test_immediate_mode_never_raises_to_the_caller(hostile_server, refuse, settings, caplog):
     from django.core.mail import send_mail
 
-    server = misbehaving_server()
+    server = hostile_server()
     settings.RELIABLE_MAIL = {**config_for(server), "MODE": "immediate"}
     settings.EMAIL_BACKEND = "django_reliable_mail.backends.EmailBackend"
     refuse(REFUSE_DOOMED)
@@ -278,10 +278,10 @@ def test_immediate_mode_logs_a_failing_first_attempt(settings, caplog, monkeypat
     assert OutboundMessage.objects.get().status == Status.QUEUED  # the dispatcher's now
 
 
-def test_a_reply_the_database_cannot_store_as_text(misbehaving_server, settings):
+def test_a_reply_the_database_cannot_store_as_text(hostile_server, settings):
     """Real bytes on the wire: a Latin-1 byte and a NUL in the final reply (PostgreSQL
     refuses NUL in text; neither database takes the lone surrogate it decodes to)."""
-    server = misbehaving_server(
+    server = hostile_server(
         final_reply=lambda data: (
             b"250 2.0.0 Empf\xe4nger ok\x00 queued\r\n" if b"marked" in data else b"250 ok\r\n"
         )

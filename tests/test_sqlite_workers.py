@@ -10,6 +10,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from .helpers import run_django
 from .test_backend import provider_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,17 +24,6 @@ def _env(db_file, config):
         "RELIABLE_MAIL_TEST_SQLITE_FILE": str(db_file),
         "RELIABLE_MAIL_TEST_CONFIG": json.dumps(config),
     }
-
-
-def _django(env, *args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "django", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 QUEUE = """
@@ -62,7 +52,7 @@ def test_three_workers_share_one_sqlite_file(smtp_server, tmp_path):
     # app's own transactions must wait their turn whatever the project configured.
     env = {**_env(tmp_path / "mail.sqlite3", config), "QUEUE_COUNT": str(count)}
     for args in (["migrate", "-v", "0"], ["shell", "-c", QUEUE]):
-        done = _django(env, *args)
+        done = run_django(env, *args)
         assert done.returncode == 0, done.stdout + done.stderr
 
     # Small batches, so that claims and recordings of the three interleave all the time.
@@ -128,7 +118,7 @@ def test_a_qcluster_and_three_senders_on_one_sqlite_file(smtp_server, tmp_path):
     db_file = tmp_path / "mail.sqlite3"
     per_sender, senders = 150, 3
     env = {**_env(db_file, config), "QUEUE_COUNT": str(per_sender)}
-    done = _django(env, "migrate", "-v", "0")
+    done = run_django(env, "migrate", "-v", "0")
     assert done.returncode == 0, done.stdout + done.stderr
     cluster = subprocess.Popen(
         [sys.executable, "-m", "django", "qcluster"],

@@ -6,8 +6,11 @@ Invariant: a reply counts as success only when its code is the one its stage exp
 for, so what it did is unknown, and the next attempt may go better. 4xx is transient,
 5xx permanent (RFC 5321 §4.2.1); a provider's reply rules may reclassify any failure,
 but no rule turns a failure into success (:class:`~.classify.ReplyRule` refuses an
-``ok`` verdict). Replies whose code is not 200-599, or that break the reply syntax, never
-get this far: the protocol raises :class:`~.transport.MalformedReply` for them.
+``ok`` verdict). What a failure leaves of the message is the transport's matter: a
+positive reply other than 250 to a whole body means the server may have taken it, so its
+recipients are ``unknown``, not deferred. Replies whose code is not 200-599, or that break
+the reply syntax, never get this far: the protocol raises
+:class:`~.transport.MalformedReply` for them.
 """
 
 from __future__ import annotations

@@ -1163,6 +1163,11 @@ class SMTPSession:
         reply = Reply(final.code, final.message)
         if not is_success(Stage.END_OF_DATA, final.code):
             self._fail(accepted, result, reply, Stage.END_OF_DATA)
+            if is_unexpected(Stage.END_OF_DATA, final.code):
+                # A positive reply other than 250 to a whole body: no success, but the
+                # server may have taken the message, so a retry is a possible duplicate.
+                for address in accepted:
+                    result.recipients[address].state = "unknown"
             return
         result.reply_code, result.reply_text = final.code, final.message
         for address in accepted:
