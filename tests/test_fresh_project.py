@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import django
+
+OURS = "django_reliable_mail.backends.EmailBackend"
 RESET = """
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.models import User
@@ -32,13 +35,16 @@ def test_a_fresh_project_sends_a_password_reset_on_the_first_try(tmp_path, smtp_
     server = smtp_server()
     run(["-m", "django", "startproject", "shop", str(tmp_path)], cwd=tmp_path)
     settings = Path(tmp_path, "shop", "settings.py")
-    settings.write_text(
-        settings.read_text()
-        + '\nINSTALLED_APPS += ["django_q", "django_reliable_mail"]\n'
-        + 'EMAIL_BACKEND = "django_reliable_mail.backends.EmailBackend"\n'
-        # The only EMAIL_* setting: the local server's port (25 needs privileges).
-        + f"EMAIL_PORT = {server.port}\n"
-    )
+    text = settings.read_text() + '\nINSTALLED_APPS += ["django_q", "django_reliable_mail"]\n'
+    # The local server's port is the only other setting (25 needs privileges).
+    if django.VERSION >= (6, 1):  # the project template defines MAILERS (console)
+        console = "'BACKEND': 'django.core.mail.backends.console.EmailBackend',"
+        assert console in text
+        mailer = f"'BACKEND': {OURS!r}, 'OPTIONS': {{'host': 'localhost', 'port': {server.port}}},"
+        text = text.replace(console, mailer)
+    else:
+        text += f'EMAIL_BACKEND = "{OURS}"\nEMAIL_PORT = {server.port}\n'
+    settings.write_text(text)
     # Django's own password-reset views (a fresh project routes only the admin).
     urls = Path(tmp_path, "shop", "urls.py")
     urls.write_text(
