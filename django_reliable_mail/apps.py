@@ -9,8 +9,16 @@ class ReliableMailConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from .checks import check_q_cluster, check_settings, check_sqlite_locking
+        from .checks import (
+            check_broker,
+            check_q_cluster,
+            check_settings,
+            check_sqlite_locking,
+            check_stalled_queue,
+        )
 
         checks.register(check_settings, "reliable_mail")
         checks.register(check_q_cluster, "reliable_mail")
         checks.register(check_sqlite_locking, "reliable_mail")
+        checks.register(check_broker, "reliable_mail")
+        checks.register(check_stalled_queue, "reliable_mail", checks.Tags.database)

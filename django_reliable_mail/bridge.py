@@ -54,19 +54,32 @@ class SyncBridge:
         self._requests.put((priority, next(self._arrivals), (function, args, kwargs, loop, future)))
         return await future
 
-    def run(self, make_coroutine: Callable[[SyncBridge], Coroutine[Any, Any, T]]) -> T:
+    def run(
+        self,
+        make_coroutine: Callable[[SyncBridge], Coroutine[Any, Any, T]],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> T:
+        """Run the coroutine in a thread of its own (or on ``loop``, a loop already running
+        in another thread), serving its calls here until it ends."""
         box: dict[str, Any] = {}
 
-        def target() -> None:
+        async def target() -> None:
             try:
-                box["value"] = asyncio.run(make_coroutine(self))
+                box["value"] = await make_coroutine(self)
             except BaseException as exc:  # handed back to the calling thread
                 box["error"] = exc
             finally:
                 self._requests.put((_NORMAL, next(self._arrivals), None))
 
-        thread = threading.Thread(target=target, name="reliable-mail-smtp", daemon=True)
-        thread.start()
+        thread = None
+        if loop is None:
+            thread = threading.Thread(
+                target=lambda: asyncio.run(target()), name="reliable-mail-smtp", daemon=True
+            )
+            thread.start()
+        else:
+            asyncio.run_coroutine_threadsafe(target(), loop)
         while (request := self._requests.get()[2]) is not None:
             function, args, kwargs, loop, future = request
             if future.cancelled():  # its caller stopped waiting (a lease renewer at the end)
@@ -81,7 +94,8 @@ class SyncBridge:
                 # The coroutine side has already finished and closed its loop: the caller was
                 # cancelled after asking, and nobody waits for this answer any more.
                 pass
-        thread.join()
+        if thread is not None:
+            thread.join()
         if "error" in box:
             raise box["error"]
         return box["value"]

@@ -114,3 +114,59 @@ def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[checks.
             id="reliable_mail.W015",
         )
     ]
+
+
+def check_broker(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Queue mode needs a broker django-q2 can use: without one, every ``send_mail()``
+    would be refused (the backend stores nothing it could not wake a worker for)."""
+    from .tasks import broker_problem
+
+    config, _ = validate()
+    if config is None:
+        return []
+    problem = broker_problem()
+    if problem is None:
+        return []
+    reason, hint = problem
+    if config.mode == "queue":
+        return [checks.Error(queue_refusal(reason), hint=hint, id="reliable_mail.E025")]
+    return [
+        checks.Warning(
+            f"{reason}: no django-q2 cluster can run. First attempts are made in the calling "
+            "process (MODE 'immediate'); retries wait for a worker: a django-q2 cluster, or "
+            "manage.py reliable_mail_send --loop.",
+            hint=hint,
+            id="reliable_mail.W017",
+        )
+    ]
+
+
+def queue_refusal(reason: str) -> str:
+    """E025's message, which the backend raises too when asked to store a message."""
+    return (
+        f"{reason}: queueing a task would fail after the message was stored, so in "
+        "MODE 'queue' the backend stores nothing."
+    )
+
+
+def check_stalled_queue(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Due messages nobody claims: no worker runs (a check that reads the database, so it
+    runs where Django asks for database checks: ``check --database default``, ``migrate``)."""
+    if not databases:
+        return []
+    from django.db import DatabaseError
+
+    from .health import stalled_queue
+
+    config, _ = validate()
+    if config is None:
+        return []
+    try:
+        stall = stalled_queue(config=config)
+    except DatabaseError:  # not migrated yet: nothing can be queued either
+        return []
+    if stall is None:
+        return []
+    return [checks.Warning(str(stall), hint=stall.hint, id="reliable_mail.W016")]

@@ -11,6 +11,7 @@ from django.db.models import CharField, Count, F, Func, Q, Value
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
+from .health import stalled_queue
 from .models import DeliveryAttempt, OutboundMessage
 
 SUCCESS = ("accepted", "partial")
@@ -132,8 +133,11 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
     hours = [hour - timedelta(hours=23 - i) for i in range(24)]
     day = hour.replace(hour=0)
     days = [day - timedelta(days=29 - i) for i in range(30)]
+    stall = stalled_queue(now=now)
     return {
         **statistics(now),
+        "stalled": str(stall) if stall else "",
+        "stalled_hint": stall.hint if stall else "",
         "chart_24h": chart(_series("hour", hours), label_every=3),
         "chart_30d": chart(_series("day", days), label_every=5, label_format="%d %b"),
     }

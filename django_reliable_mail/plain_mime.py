@@ -15,6 +15,7 @@ import binascii
 import re
 from email.utils import formatdate
 
+import django
 from django.conf import settings
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.core.mail.message import make_msgid
@@ -48,6 +49,9 @@ def plain_message_bytes(message: EmailMessage) -> tuple[bytes, str] | None:
         or getattr(message, "encoding", None)
         or str(settings.DEFAULT_CHARSET).lower() not in ("utf-8", "utf8")
         or not isinstance(message.body, str)
+        # Django 6's email policy chooses between 8bit, quoted-printable and base64 by
+        # which comes out shorter: only an ASCII body is written here the same way.
+        or (django.VERSION >= (6, 0) and not _is_7bit(message.body))
     ):
         return None
     headers: list[tuple[str, str]] = []
@@ -98,9 +102,14 @@ def _date() -> str:
     return formatdate(localtime=getattr(settings, "EMAIL_USE_LOCALTIME", False))
 
 
+def _is_7bit(text: str) -> bool:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    return lines.isascii() and all(len(line) <= _MAX_BODY_LINE for line in lines.split("\n"))
+
+
 def _body(text: str) -> tuple[bytes, str]:
     lines = text.replace("\r\n", "\n").replace("\r", "\n")
-    if lines.isascii() and all(len(line) <= _MAX_BODY_LINE for line in lines.split("\n")):
+    if _is_7bit(lines):
         data, encoding = lines.encode("ascii"), "7bit"
     else:
         data = binascii.b2a_qp(lines.encode("utf-8"), quotetabs=False, istext=True, header=False)

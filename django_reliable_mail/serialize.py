@@ -43,6 +43,8 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 2.2 ftext
 #: that is not a space or a control (sent with SMTPUTF8).
 _ATEXT = r'[^\s\x00-\x20\x7f-\x9f"(),.:;<>@\[\\\]]'
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+#: A local user without a domain: an ASCII dot-atom, nothing around it.
+_LOCAL_USER = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 #: Characters of a display name that would make it more than a name (RFC 5322 specials that
 #: only belong in an address; "." and "()" stay allowed, as in "John Q. Public (Sales)").
 _DISPLAY_NAME_SPECIALS = re.compile(r"[<>@,;:\[\]\\]")
@@ -58,20 +60,30 @@ def envelope_address(value: Any, *, role: str) -> str:
     stays quoted, with only ``"`` and ``\\`` escaped; one that needs no quotes loses them
     (RFC 5322 3.4.1). A non-ASCII local part is kept as it is (it needs SMTPUTF8 when sent);
     a non-ASCII domain is IDNA-encoded; ``[192.0.2.1]`` and ``[IPv6:…]`` literals are kept
-    (IPv6 in its compressed form). Anything else raises :class:`InvalidMessageError` naming
-    the role, the address and the reason; a line break :class:`HeaderInjectionError`.
+    (IPv6 in its compressed form). A dot-atom without any ``@`` (``tester``) is kept as it
+    is, as Django's SMTP backend sends it: a local relay adds its own domain. Anything else
+    raises :class:`InvalidMessageError` naming the role, the address and the reason (its
+    message starts with "Invalid address", like Django's ``ValueError``); a line break
+    :class:`HeaderInjectionError`.
     """
     text = str(value or "")
     if BARE_ADDRESS.match(text):  # the common case, without the parser
         return _within_limit(text, role)
-    _check_header_text(text, what=f"{role} address")
+    if _LOCAL_USER.match(text):
+        # A local user ("tester"), sent as Django sends it, for a local relay to qualify.
+        # Bare only: Django writes the header from the text as given.
+        return _within_limit(text, role)
+    try:
+        _check_header_text(text, what=f"{role} address")
+    except InvalidMessageError as exc:
+        raise type(exc)(f"Invalid address: {exc}") from None
     local, domain = _split_addr_spec(_addr_spec(text, role), text, role)
     return _within_limit(f"{local}@{domain}", role)
 
 
 def _invalid(text: str, role: str, reason: str) -> InvalidMessageError:
     return InvalidMessageError(
-        f"The {role} address {text!r} is not a valid email address: {reason}."
+        f"Invalid address: the {role} address {text!r} is not a valid email address: {reason}."
     )
 
 
@@ -89,8 +101,8 @@ def _addr_spec(text: str, role: str) -> str:
     special = _DISPLAY_NAME_SPECIALS.search(masked[:opening])
     if special:
         raise InvalidMessageError(
-            f"The {role} address {text!r} is not a single email address: its display name has "
-            f"{special.group()!r} outside quotes."
+            f"Invalid address: the {role} address {text!r} is not a single email address: its "
+            f"display name has {special.group()!r} outside quotes."
         )
     return stripped[opening + 1 : -1].strip()
 

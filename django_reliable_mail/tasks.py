@@ -6,16 +6,21 @@ compare-and-set on the message row, so a message already claimed or finished is 
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.db import connections
 from django.db.models import Count
 from django.utils import timezone
 
 from . import delivery
 from .transactions import writing
+
+logger = logging.getLogger(__name__)
 
 #: The django-q2 Schedule that runs :func:`dispatch`; created by migration 0003.
 DISPATCH_SCHEDULE_NAME = "django_reliable_mail.dispatch"
@@ -82,12 +87,81 @@ def wake_in_transaction() -> bool:
     return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(OutboundMessage)
 
 
+#: django-q2's broker modules, in the order ``django_q.brokers.get_broker`` chooses them,
+#: with the ``Q_CLUSTER`` key that selects each and the client package each one imports.
+_BROKERS = (
+    ("iron_mq", "django_q.brokers.ironmq", "iron-mq"),
+    ("sqs", "django_q.brokers.aws_sqs", "boto3"),
+    ("orm", "django_q.brokers.orm", ""),
+    ("mongo", "django_q.brokers.mongo", "pymongo"),
+)
+_REDIS = ("redis", "django_q.brokers.redis_broker", "redis")
+
+
+def broker_problem() -> tuple[str, str] | None:
+    """Why django-q2 could not queue a task here (the reason, a hint), or None.
+
+    Read from ``settings.Q_CLUSTER`` itself (django-q2 freezes its own copy at import).
+    Without ``Q_CLUSTER`` django-q2 falls back to Redis on localhost, which is no
+    configuration anyone chose: that is a problem too. The broker's module is imported,
+    as ``async_task()`` would import it, so a missing client is found before any message
+    is stored, not after.
+    """
+    q = getattr(settings, "Q_CLUSTER", None)
+    if not isinstance(q, dict) or not q:
+        return (
+            "Q_CLUSTER is not set (django-q2 would fall back to a Redis broker on localhost)",
+            "Use the database as the broker: Q_CLUSTER = {'name': 'mail', 'orm': 'default', "
+            "'timeout': 120, 'retry': 180, 'max_attempts': 1, 'ack_failures': True, "
+            "'catch_up': False}, and run manage.py qcluster.",
+        )
+    if q.get("broker_class"):
+        module, package, key = str(q["broker_class"]).rpartition(".")[0], "", "broker_class"
+    else:
+        key, module, package = next(
+            (b for b in _BROKERS if q.get(b[0]) and (b[0] != "sqs" or isinstance(q[b[0]], dict))),
+            _REDIS,
+        )
+    if key == "orm" and q["orm"] not in settings.DATABASES:
+        return (
+            f"Q_CLUSTER['orm'] is {q['orm']!r}, which is not in DATABASES",
+            f"Use one of {', '.join(map(repr, settings.DATABASES))}.",
+        )
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or whatever a broken client raises on import
+        chosen = f"Q_CLUSTER[{key!r}]" if key != "redis" else "Q_CLUSTER (no other broker set)"
+        return (
+            f"{chosen} selects django-q2's {module.rpartition('.')[2]} broker, which cannot be "
+            f"imported ({type(exc).__name__}: {exc})",
+            f"pip install {package}, or set Q_CLUSTER['orm'] = 'default' to use the database."
+            if package
+            else "Check the broker's dotted path.",
+        )
+    return None
+
+
 def wake(message_ids: Iterable[int]) -> None:
-    """Ask the queue to deliver these messages; called after the enqueueing commit."""
+    """Ask the queue to deliver these messages; called after the enqueueing commit.
+
+    Never raises: the messages are committed, and a wake-up that cannot be queued now is
+    made up by the dispatcher (or ``reliable_mail_send``), which sends whatever is due.
+    """
+    ids = list(message_ids)
+    try:
+        _queue_deliver_tasks(ids)
+    except Exception:
+        logger.exception(
+            "message(s) %s are stored but no worker could be woken; they go out with the "
+            "next dispatcher run or reliable_mail_send",
+            ids,
+        )
+
+
+def _queue_deliver_tasks(ids: list[int]) -> None:
     from django_q.brokers import get_broker
     from django_q.tasks import async_task
 
-    ids = list(message_ids)
     # Inside an atomic block django-q2's ORM broker does not close and reopen the database
     # connection around each task it queues (it does in autocommit mode), which would
     # otherwise double the cost of every send_mail().

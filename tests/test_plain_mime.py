@@ -3,6 +3,7 @@
 import email
 import email.policy
 
+import django
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 from hypothesis import HealthCheck, given, settings
@@ -83,6 +84,11 @@ def test_ascii_short_lines_are_7bit_anything_else_quoted_printable():
     short, _ = plain_message_bytes(EmailMessage("Hi", "Hello\nWorld", "a@example.com", ["b@x.org"]))
     assert b"Content-Transfer-Encoding: 7bit" in short
     assert short.endswith(b"\r\n\r\nHello\r\nWorld\r\n")
+    if django.VERSION >= (6, 0):
+        # Django 6 chooses the shorter of quoted-printable and base64: it writes those.
+        for body in ("z" * 2000, "Grüße"):
+            assert plain_message_bytes(EmailMessage("Hi", body, "a@x.org", ["b@x.org"])) is None
+        return
     long, _ = plain_message_bytes(EmailMessage("Hi", "z" * 2000, "a@example.com", ["b@x.org"]))
     assert b"Content-Transfer-Encoding: quoted-printable" in long
     assert max(len(line) for line in long.split(b"\r\n")) <= 76

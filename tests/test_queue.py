@@ -15,6 +15,7 @@ from django_reliable_mail import delivery, tasks
 from django_reliable_mail.backends import EmailBackend
 from django_reliable_mail.checks import check_q_cluster
 from django_reliable_mail.conf import get_config
+from django_reliable_mail.exceptions import ReliableMailConfigError
 from django_reliable_mail.models import (
     DeliveryAttempt,
     MessageEvent,
@@ -281,10 +282,13 @@ def test_rate_limit_paces_sends(smtp_server, settings):
     assert min(gaps) >= 0.05 * 0.8  # one slot every 50 ms (small clock slack)
 
 
-def test_backend_kwargs_cannot_reach_a_queue_worker(settings):
+def test_a_secret_argument_cannot_reach_a_queue_worker(settings):
     settings.RELIABLE_MAIL = queue_config(main={"HOST": "127.0.0.1", "PORT": 2, "TLS": "none"})
-    with pytest.raises(Exception, match="cannot be used with RELIABLE_MAIL\\['MODE'\\] 'queue'"):
-        EmailBackend(username="u", password="p")
+    with pytest.raises(ReliableMailConfigError) as excinfo:
+        EmailBackend(username="u", password="p-Secret")
+    text = str(excinfo.value)
+    assert "'password'" in text and "never stored" in text and "p-Secret" not in text
+    assert "RELIABLE_MAIL['PROVIDERS']['main']['PASSWORD']" in text
 
 
 def test_send_command(smtp_server, settings, capsys):

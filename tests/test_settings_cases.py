@@ -629,7 +629,9 @@ def test_backend_options_are_named_by_their_option_path():
         "MAILERS['default']['OPTIONS'][5] is not a known option."
     )
     assert only(provider(), overrides={"ZZZ": "x"}, **options)[2] == (
-        "Options are the provider keys in lower case: preset, region, host, port, tls, ca_file, "
+        "Options are Django's SMTP backend arguments (host, password, port, ssl_certfile, "
+        "ssl_keyfile, timeout, use_ssl, use_tls, username) and the provider keys in lower case: "
+        "preset, region, host, port, tls, ca_file, client_certfile, client_keyfile, "
         "username, password, oauth2_token, disable_extensions, auth_mechanisms, timeout, "
         "local_hostname, allow_plaintext_auth, max_connections, max_messages_per_connection, "
         "max_recipients, rate_limit, retry, reply_rules, fallback."
@@ -646,10 +648,10 @@ def test_djangos_email_settings_are_checked_too(settings):
     del settings.RELIABLE_MAIL
     settings.EMAIL_HOST, settings.EMAIL_PORT = "smtp.example.com:25", "25"
     messages = {m.msg for m in check_settings()}
-    source = "Django's EMAIL_* settings → RELIABLE_MAIL['PROVIDERS']['default']"
+    # Each problem names the Django setting it is about.
     assert messages == {
-        f"{source}['HOST'] is 'smtp.example.com:25', which includes a port.",
-        f"{source}['PORT'] must be an integer, not '25'.",
+        "EMAIL_HOST is 'smtp.example.com:25', which includes a port.",
+        "EMAIL_PORT must be an integer, not '25'.",
     }
 
 
@@ -900,7 +902,8 @@ def test_hints_of_choices_keys_and_lists():
         "E002",
         "RELIABLE_MAIL['ZZZ'] is not a known setting.",
         "Known keys: DEFAULT_PROVIDER, LEASE_SECONDS, MODE, PROVIDERS, RETENTION_DAYS, ROUTES, "
-        "SMTP_PROCESS, TRANSCRIPTS, TRANSCRIPT_MAX_CHARS, UNKNOWN_OUTCOME.",
+        "SMTP_PROCESS, STALLED_QUEUE_SECONDS, TRANSCRIPTS, TRANSCRIPT_MAX_CHARS, "
+        "UNKNOWN_OUTCOME.",
     )
     assert only(provider(USERNAME="u", PASSWORD="p", AUTH_MECHANISMS=["ZZZ"])) == (
         "E014",

@@ -1,6 +1,8 @@
 """Where settings come from besides RELIABLE_MAIL (Django's EMAIL_*, backend options,
 MAILERS), the cached configuration, and the frozen values handed to the transport."""
 
+from types import SimpleNamespace
+
 import pytest
 from django.test import override_settings
 
@@ -17,6 +19,7 @@ from django_reliable_mail.conf import (
     validate,
 )
 from django_reliable_mail.conf.reading import REQUIRED, Table
+from django_reliable_mail.conf.sources import TLS_CONFLICT
 from django_reliable_mail.conf.tables import PRESET_FIELDS, PROVIDER, SERVER_FIELDS, TOP_LEVEL
 from django_reliable_mail.conf.wording import did_you_mean, shown, type_name
 from django_reliable_mail.exceptions import ReliableMailConfigError, UnknownProviderError
@@ -42,8 +45,10 @@ def django_email(settings):
 def the_default(**values):
     config, problems = validate()
     assert config is not None, problems
-    assert config.source == "Django's EMAIL_* settings → RELIABLE_MAIL"
+    assert config.source == "Django's EMAIL_* settings"
     assert config.default_provider == "default" and list(config.providers) == ["default"]
+    # The drop-in path sends as Django's backend does: in the calling process.
+    assert config.mode == "immediate"
     return config.provider("default")
 
 
@@ -59,7 +64,11 @@ def test_djangos_credentials_tls_and_timeout(django_email):
     provider = the_default()
     assert (provider.username, provider.password) == ("app", "pw")
     assert (provider.tls, provider.timeout) == ("starttls", 7.0)
-    django_email.EMAIL_USE_SSL, django_email.EMAIL_PORT = True, 465
+    django_email.EMAIL_USE_TLS, django_email.EMAIL_USE_SSL, django_email.EMAIL_PORT = (
+        False,
+        True,
+        465,
+    )
     assert the_default().tls == "implicit"
 
 
@@ -87,26 +96,122 @@ def test_djangos_values_are_checked(django_email):
     django_email.EMAIL_TIMEOUT = float("nan")
     config, problems = validate()
     assert config is None
-    assert [str(p) for p in problems] == [
-        "Django's EMAIL_* settings → RELIABLE_MAIL['PROVIDERS']['default']['TIMEOUT'] must be a "
-        "finite number, not nan."
-    ]
+    assert [str(p) for p in problems] == ["EMAIL_TIMEOUT must be a finite number, not nan."]
+
+
+def test_both_tls_flags_are_an_error_naming_both_settings(django_email):
+    django_email.EMAIL_USE_TLS = django_email.EMAIL_USE_SSL = True
+    config, problems = validate()
+    assert config is None
+    (problem,) = problems
+    assert problem.id == "reliable_mail.E024" and not problem.warning
+    assert problem.message.startswith("EMAIL_USE_TLS and EMAIL_USE_SSL are both True")
+    # Django's own sentence, which code written against Django's backend may match.
+    assert TLS_CONFLICT in problem.message
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "named"),
+    [("app", "", "EMAIL_HOST_USER"), ("", "pw-Secret", "EMAIL_HOST_PASSWORD")],
+)
+def test_one_credential_alone_means_no_auth_with_a_warning(django_email, user, password, named):
+    django_email.EMAIL_HOST_USER, django_email.EMAIL_HOST_PASSWORD = user, password
+    config, problems = validate()
+    assert config is not None
+    assert (config.provider("default").username, config.provider("default").password) == (
+        None,
+        None,
+    )
+    (warning,) = problems
+    assert warning.warning and warning.id == "reliable_mail.W002"
+    assert warning.message.startswith(f"{named} is set but ")
+    assert "no AUTH is attempted" in warning.message and "pw-Secret" not in str(warning)
+
+
+def test_client_certificate_settings(django_email, tmp_path):
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    django_email.EMAIL_SSL_CERTFILE, django_email.EMAIL_SSL_KEYFILE = str(cert), str(key)
+    provider = the_default()
+    assert (provider.client_certfile, provider.client_keyfile) == (str(cert), str(key))
+
+
+def test_credentials_without_tls_warn_naming_the_django_setting(django_email):
+    django_email.EMAIL_HOST_USER, django_email.EMAIL_HOST_PASSWORD = "app", "pw-Secret"
+    (warning,) = validate()[1]
+    assert warning.id == "reliable_mail.W001"
+    assert warning.message.startswith("EMAIL_USE_TLS is 'none'")
+    assert "EMAIL_USE_TLS" in warning.hint and "pw-Secret" not in str(warning)
 
 
 # -- backend options and MAILERS -----------------------------------------------------
 
 
+def keys_of(options, **base):
+    return options_to_provider_keys(options, base=SimpleNamespace(**base) if base else None).keys
+
+
 def test_options_to_provider_keys():
-    assert options_to_provider_keys({"host": "h", "port": 1, "disable_extensions": []}) == {
+    assert keys_of({"host": "h", "port": 1, "disable_extensions": []}) == {
         "HOST": "h",
         "PORT": 1,
         "DISABLE_EXTENSIONS": [],
     }
-    assert options_to_provider_keys({"use_tls": True}) == {"TLS": "starttls"}
-    assert options_to_provider_keys({"use_ssl": True}) == {"TLS": "implicit"}
-    assert options_to_provider_keys({"use_ssl": True, "use_tls": True}) == {"TLS": "implicit"}
-    assert options_to_provider_keys({"use_tls": True, "use_ssl": True}) == {"TLS": "implicit"}
-    assert options_to_provider_keys({"use_tls": False, "use_ssl": False}) == {}
+    assert keys_of({"ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"}) == {
+        "CLIENT_CERTFILE": "c.pem",
+        "CLIENT_KEYFILE": "k.pem",
+    }
+
+
+@pytest.mark.parametrize(
+    ("base", "options", "tls"),
+    [
+        ("none", {"use_tls": True}, "starttls"),
+        ("none", {"use_ssl": True}, "implicit"),
+        # An argument set to False overrides the setting, as in Django's backend.
+        ("starttls", {"use_tls": False}, "none"),
+        ("implicit", {"use_ssl": False}, "none"),
+        ("implicit", {"use_tls": False}, "implicit"),
+        ("starttls", {"use_ssl": True, "use_tls": False}, "implicit"),
+        ("opportunistic", {"use_ssl": False}, "opportunistic"),
+        ("opportunistic", {"use_tls": False}, "none"),
+        ("none", {"use_tls": False, "use_ssl": False}, "none"),
+    ],
+)
+def test_djangos_tls_flags_override_one_at_a_time(base, options, tls):
+    assert keys_of(options, tls=base) == {"TLS": tls}
+
+
+@pytest.mark.parametrize(
+    ("base", "options"),
+    [
+        ("none", {"use_tls": True, "use_ssl": True}),
+        ("implicit", {"use_tls": True}),
+        ("starttls", {"use_ssl": True}),
+    ],
+)
+def test_both_tls_flags_on_is_a_value_error(base, options):
+    from django_reliable_mail.conf.report import Report
+
+    report = Report()
+    options_to_provider_keys(options, base=SimpleNamespace(tls=base), report=report)
+    (problem,) = report.problems
+    assert problem.id == "reliable_mail.E024" and TLS_CONFLICT in problem.message
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        # "" for either means no AUTH (Django: username and password must both be set).
+        ({"username": "", "password": ""}, (None, None)),
+        ({"username": ""}, (None, None)),
+        ({"password": ""}, (None, None)),
+        ({"username": "other", "password": "pw2"}, ("other", "pw2")),
+        ({"username": "other"}, ("other", None)),
+    ],
+)
+def test_credentials_replace_the_providers_as_a_pair(options, expected):
+    keys = keys_of(options, tls="starttls", username="app", password="pw", oauth2_token=None)
+    assert (keys["USERNAME"], keys.get("PASSWORD")) == expected
 
 
 @override_settings(
@@ -129,10 +234,10 @@ def test_config_with_options():
         config_with_options("nope", {}, alias=None)
 
 
-@override_settings(
-    RELIABLE_MAIL={"PROVIDERS": {"main": OK, "bulk": OK}, "DEFAULT_PROVIDER": "main"}
-)
 def test_config_for_mailer(settings):
+    # Through the settings fixture only: an override_settings decorator beside it would be
+    # captured by the fixture's own restore, and leak into the tests after this one.
+    settings.RELIABLE_MAIL = {"PROVIDERS": {"main": OK, "bulk": OK}, "DEFAULT_PROVIDER": "main"}
     gone = (
         "MAILERS['gone'] is gone, but queued messages were sent through it; restore it or move "
         "those messages to another provider."

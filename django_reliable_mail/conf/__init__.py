@@ -15,8 +15,8 @@ Modules: ``values`` (the frozen types), ``tables`` (every key: kind, range, defa
 """
 
 from .kinds import LONGEST_SECONDS, RATE_RE, RATE_UNITS
-from .loading import config_for_mailer, config_with_options, get_config
-from .sources import DJANGO_OPTION_ALIASES, options_to_provider_keys
+from .loading import config_for_mailer, config_with_options, get_config, uses_mailer_defaults
+from .sources import DJANGO_OPTION_ALIASES, SECRET_ARGUMENTS, options_to_provider_keys
 from .tables import (
     BACKOFFS,
     DEFAULT_PORTS,
@@ -45,6 +45,7 @@ __all__ = [
     "RETRY_DEFAULTS",
     "RULE_KEYS",
     "RULE_OUTCOMES",
+    "SECRET_ARGUMENTS",
     "SETTING",
     "SMTP_PROCESS_POLICIES",
     "TOP_LEVEL_DEFAULTS",
@@ -59,5 +60,6 @@ __all__ = [
     "config_with_options",
     "get_config",
     "options_to_provider_keys",
+    "uses_mailer_defaults",
     "validate",
 ]

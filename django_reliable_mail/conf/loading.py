@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+import django
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from ..exceptions import ReliableMailConfigError
-from .sources import options_to_provider_keys
+from ..exceptions import ReliableMailConfigError, TLSConflictError
+from .report import Report
+from .sources import TLS_CONFLICT_ID, options_to_provider_keys
 from .validation import validate
 from .values import SETTING, Config, Problem
 
@@ -25,9 +27,10 @@ def _raise_for(problems: list[Problem]) -> None:
     errors = [p for p in problems if not p.warning]
     if errors:
         lines = "\n".join(f"  {p.id}: {p}" for p in errors)
-        raise ReliableMailConfigError(
-            f"django-reliable-mail is misconfigured:\n{lines}", problems=errors
-        )
+        # Both TLS flags on is a ValueError in Django too: code that expects that still works.
+        conflict = any(p.id == f"reliable_mail.{TLS_CONFLICT_ID}" for p in errors)
+        error = TLSConflictError if conflict else ReliableMailConfigError
+        raise error(f"django-reliable-mail is misconfigured:\n{lines}", problems=errors)
 
 
 @lru_cache(maxsize=1)
@@ -39,22 +42,38 @@ def get_config() -> Config:
     return config
 
 
+def uses_mailer_defaults(alias: str | None) -> bool:
+    """A Django 6.1 mailer without RELIABLE_MAIL: its OPTIONS alone describe the server."""
+    return bool(alias) and django.VERSION >= (6, 1) and getattr(settings, SETTING, None) is None
+
+
+def _mailer_base() -> Config:
+    config, problems = validate(for_mailer=True)
+    _raise_for(problems)
+    assert config is not None
+    return config
+
+
 def config_with_options(
     provider: str | None, options: Mapping[str, Any], *, alias: str | None
 ) -> tuple[Config, str]:
     """The configuration with backend keyword options applied to one provider."""
-    base = get_config()
+    for_mailer = uses_mailer_defaults(alias)
+    base = _mailer_base() if for_mailer else get_config()
     name = provider or base.default_provider
     base.provider(name)
     if not options:
         return base, name
     source = f"MAILERS[{alias!r}]['OPTIONS']" if alias else "EmailBackend options"
+    report = Report()
+    overrides = options_to_provider_keys(options, base=base.provider(name), report=report)
     config, problems = validate(
-        overrides=options_to_provider_keys(options),
+        overrides=overrides,
         override_provider=name,
         override_source=source,
+        for_mailer=for_mailer,
     )
-    _raise_for(problems)
+    _raise_for(report.problems + problems)
     assert config is not None
     return config, name
 

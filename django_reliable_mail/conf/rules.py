@@ -8,6 +8,7 @@ values, for credentials.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -27,6 +28,9 @@ class ProviderDraft:
     preset: Mapping[str, object]
     #: Every provider name in PROVIDERS.
     names: Collection[str]
+    #: Read from Django's EMAIL_* settings (or a mailer's defaults), where Django's
+    #: backend would try what it is told: a doubtful combination is only a warning there.
+    from_django: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,16 +53,18 @@ def host_is_set(draft: ProviderDraft, report: Report) -> None:
 def tls_matches_port(draft: ProviderDraft, report: Report) -> None:
     r = draft.readings
     tls, port = r["TLS"], r["PORT"]
+    # Django's backend builds with any port (it fails when it connects): so do we, warned.
+    problem = report.warn if draft.from_django else report.error
     if tls == "implicit" and port in (25, 587):
-        report.error(
-            "E015",
+        problem(
+            "E015" if not draft.from_django else "W004",
             f"{r.path('TLS')} is 'implicit' but {r.path('PORT')} is {port}, "
             "a plain-text port that upgrades with STARTTLS.",
             "Use TLS 'starttls' on port 587, or port 465 for implicit TLS.",
         )
     elif tls != "implicit" and port == 465:
-        report.error(
-            "E015",
+        problem(
+            "E015" if not draft.from_django else "W004",
             f"{r.path('TLS')} is {tls!r} but {r.path('PORT')} is 465, "
             "which expects TLS from the first byte.",
             "Use TLS 'implicit' on port 465, or port 587 for STARTTLS.",
@@ -137,13 +143,33 @@ def credentials_are_not_sent_in_clear(draft: ProviderDraft, report: Report) -> N
     r = draft.readings
     tls = r["TLS"]
     if r["USERNAME"] and tls in ("none", "opportunistic") and not r["ALLOW_PLAINTEXT_AUTH"]:
+        from_django = r.path("TLS").root.startswith("EMAIL_")
         report.warn(
             "W001",
             f"{r.path('TLS')} is {tls!r} and credentials are configured: they will not be "
             "sent without TLS, so delivery fails until TLS is available.",
-            "Use TLS 'starttls' or 'implicit', or set ALLOW_PLAINTEXT_AUTH: True for a trusted "
-            "local relay.",
+            "Set EMAIL_USE_TLS (STARTTLS) or EMAIL_USE_SSL; unlike Django's SMTP backend, "
+            "credentials are never sent in clear (a RELIABLE_MAIL provider with "
+            "ALLOW_PLAINTEXT_AUTH: True permits it for a trusted local relay)."
+            if from_django
+            else "Use TLS 'starttls' or 'implicit', or set ALLOW_PLAINTEXT_AUTH: True for a "
+            "trusted local relay.",
         )
+
+
+def client_certificate_is_readable(draft: ProviderDraft, report: Report) -> None:
+    """Read when a connection is made (as Django does, so building a backend never fails on
+    it); a file that is not there now is worth a warning."""
+    r = draft.readings
+    for key in ("CLIENT_CERTFILE", "CLIENT_KEYFILE"):
+        path = r[key]
+        if isinstance(path, str) and path and not os.path.isfile(path):
+            report.warn(
+                "W003",
+                f"{r.path(key)} is {shown(path)}, which is not a readable file: TLS connections "
+                "will fail with a configuration error.",
+                "Give the path of a PEM file (certificate, or certificate and key).",
+            )
 
 
 def fallback_is_another_provider(draft: ProviderDraft, report: Report) -> None:
@@ -172,6 +198,7 @@ PROVIDER_RULES: tuple[ProviderRule, ...] = (
     ProviderRule(("USERNAME", "DISABLE_EXTENSIONS"), auth_is_not_disabled),
     ProviderRule(("USERNAME", "TLS", "ALLOW_PLAINTEXT_AUTH"), credentials_are_not_sent_in_clear),
     ProviderRule(("FALLBACK",), fallback_is_another_provider),
+    ProviderRule(("CLIENT_CERTFILE", "CLIENT_KEYFILE"), client_certificate_is_readable),
 )
 
 

@@ -113,6 +113,10 @@ SERVER_FIELDS = Table(
         Field("PORT", Integer(1, 65535)),
         Field("TLS", Choice(TLS_MODES), "starttls", error_id="E004"),
         Field("CA_FILE", CaFile(), error_id="E023"),
+        # A client certificate (Django's EMAIL_SSL_CERTFILE / EMAIL_SSL_KEYFILE). Read when a
+        # connection is made, as Django does; a file that cannot be read is a warning.
+        Field("CLIENT_CERTFILE", Text()),
+        Field("CLIENT_KEYFILE", Text()),
         Field("USERNAME", Text()),
         Field("PASSWORD", Text(), secret=True),
         Field("OAUTH2_TOKEN", DottedPath(), error_id="E017", secret=True),
@@ -171,6 +175,8 @@ TOP_LEVEL = Table(
         # dispatcher); a running batch renews its leases.
         Field("LEASE_SECONDS", Integer(1, 86_400), 45),
         Field("SMTP_PROCESS", Choice(SMTP_PROCESS_POLICIES), "auto", error_id="E004"),
+        # Due messages this long unclaimed mean no worker runs (reliable_mail.W016).
+        Field("STALLED_QUEUE_SECONDS", Integer(60, 30 * 86_400), 600),
     )
 )
 

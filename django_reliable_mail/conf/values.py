@@ -49,6 +49,8 @@ class ProviderConfig:
     tls: str
     preset: str | None = None
     ca_file: str | None = None
+    client_certfile: str | None = None
+    client_keyfile: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     oauth2_token: str | None = None
@@ -72,6 +74,8 @@ class ProviderConfig:
             port=self.port,
             tls=self.tls,
             ca_file=self.ca_file,
+            client_certfile=self.client_certfile,
+            client_keyfile=self.client_keyfile,
             username=self.username,
             password=self.password,
             oauth2_token=token,
@@ -99,6 +103,7 @@ class Config:
     unknown_outcome: str = "retry"
     lease_seconds: int = 45
     smtp_process: str = "auto"
+    stalled_queue_seconds: int = 600
     #: Where the raw settings came from, for error messages.
     source: str = SETTING
     #: The raw provider values after presets and backend options, as they were given.

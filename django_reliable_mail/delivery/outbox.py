@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ..exceptions import InvalidMessageError
 from ..models import MessageBody, OutboundMessage, RecipientStatus
 from ..options import DeliveryOptions, options_of
 from ..serialize import SerializedMessage, recipients_of, serialize
+from ..status import SendStatus, set_status
 from ..transactions import writing
 from . import rows
 from .states import Status
@@ -30,6 +32,8 @@ class _Prepared:
     serialized: SerializedMessage
     options: DeliveryOptions
     provider: str
+    #: The message it was prepared from: it gets the result handle (``status.py``).
+    message: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def prepare(message: EmailMessage, *, config: Config, provider: str | None) -> _Prepared:
@@ -38,20 +42,22 @@ def prepare(message: EmailMessage, *, config: Config, provider: str | None) -> _
     serialized = serialize(message)
     name = options.provider or provider or config.route(serialized.from_email)
     config.provider(name)  # UnknownProviderError names the configured ones
-    return _Prepared(serialized, options, name)
+    return _Prepared(serialized, options, name, message)
 
 
 def _without_known_keys(prepared: Sequence[_Prepared]) -> list[_Prepared]:
-    """Drop messages whose idempotency key is already stored (or repeated in this batch)."""
+    """Drop messages whose idempotency key is already stored (or repeated in this batch);
+    each dropped one gets the stored message's handle, marked as a duplicate."""
     keys = [p.options.idempotency_key for p in prepared if p.options.idempotency_key]
-    seen = (
-        set(
-            OutboundMessage.objects.filter(idempotency_key__in=keys).values_list(
-                "idempotency_key", flat=True
-            )
-        )
+    seen: dict[str, SendStatus | None] = (
+        {
+            key: SendStatus(pk, status, provider, duplicate=True)
+            for key, pk, status, provider in OutboundMessage.objects.filter(
+                idempotency_key__in=keys
+            ).values_list("idempotency_key", "pk", "status", "provider")
+        }
         if keys
-        else set()
+        else {}
     )
     fresh = []
     for p in prepared:
@@ -59,18 +65,27 @@ def _without_known_keys(prepared: Sequence[_Prepared]) -> list[_Prepared]:
         if key is not None:
             if key in seen:
                 logger.info("message with idempotency key %r is already queued", key)
+                known = seen[key]
+                if known is not None:
+                    set_status(p.message, known)
                 continue
-            seen.add(key)
+            seen[key] = None  # the first of this batch: its handle comes when it is stored
         fresh.append(p)
     return fresh
 
 
-def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list[OutboundMessage]:
+def enqueue(
+    prepared: Sequence[_Prepared],
+    *,
+    mailer: str | None = None,
+    arguments: dict[str, Any] | None = None,
+) -> list[OutboundMessage]:
     """Store messages (status ``queued``) in the caller's transaction, all or none.
 
     A message whose idempotency key is already stored (within the retention window: purged
     messages take their keys with them) is not stored again. Two concurrent senders of the
-    same key are settled by the unique constraint.
+    same key are settled by the unique constraint. ``arguments``: backend arguments stored
+    with each message (never a secret), for the worker to apply again.
     """
     prepared = _without_known_keys(prepared)
     if not prepared:
@@ -80,7 +95,7 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
     keyed = any(p.options.idempotency_key for p in prepared)
     try:
         with writing(savepoint=keyed):
-            created = _insert(prepared, mailer=mailer)
+            created = _insert(prepared, mailer=mailer, arguments=arguments)
     except IntegrityError:
         if not any(p.options.idempotency_key for p in prepared):
             raise
@@ -89,7 +104,7 @@ def enqueue(prepared: Sequence[_Prepared], *, mailer: str | None = None) -> list
         for one in _without_known_keys(prepared):
             try:
                 with writing():
-                    created.extend(_insert([one], mailer=mailer))
+                    created.extend(_insert([one], mailer=mailer, arguments=arguments))
             except IntegrityError:
                 if one.options.idempotency_key is None:
                     raise
@@ -110,7 +125,11 @@ def enqueues_in_one_statement(prepared: Sequence[_Prepared]) -> bool:
 
 
 def enqueue_in_one_statement(
-    prepared: _Prepared, *, mailer: str | None, wake_check: tuple[str, list[Any], str] | None
+    prepared: _Prepared,
+    *,
+    mailer: str | None,
+    wake_check: tuple[str, list[Any], str] | None,
+    arguments: dict[str, Any] | None = None,
 ) -> tuple[OutboundMessage, bool]:
     """PostgreSQL: the message, its body, its recipient rows and the wake-up check in one
     statement.
@@ -121,7 +140,7 @@ def enqueue_in_one_statement(
     the stored row and whether that wake-up is still waiting (and now locked until commit).
     """
     connection = connections[router.db_for_write(OutboundMessage)]
-    (values,) = _message_values([prepared], mailer=mailer)
+    (values,) = _message_values([prepared], mailer=mailer, arguments=arguments)
     message_params = rows.insert_params(OutboundMessage, values, connection)
     check_sql, check_params, payload = wake_check or (None, [], None)
     sql, defaults = _one_statement(connection.alias, check_sql)
@@ -174,8 +193,10 @@ def _one_statement(alias: str, check_sql: str | None) -> tuple[str, tuple[Any, .
     return rows.numbered(sql, connection), tuple(defaults)
 
 
-def _insert(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[OutboundMessage]:
-    values = _message_values(prepared, mailer=mailer)
+def _insert(
+    prepared: Sequence[_Prepared], *, mailer: str | None, arguments: dict[str, Any] | None
+) -> list[OutboundMessage]:
+    values = _message_values(prepared, mailer=mailer, arguments=arguments)
     pks = rows.insert_values(OutboundMessage, values)
     rows.insert_values(
         MessageBody,
@@ -200,12 +221,19 @@ def _stored(pk: int, values: dict[str, Any], prepared: _Prepared, alias: str) ->
     """The stored message as an instance that has its body (an immediate send needs it)."""
     row = rows.stored(OutboundMessage, pk, values, alias)
     row._mime = prepared.serialized.data
+    set_status(prepared.message, SendStatus(pk, row.status, row.provider))
     return row
 
 
-def _message_values(prepared: Sequence[_Prepared], *, mailer: str | None) -> list[dict[str, Any]]:
+def _message_values(
+    prepared: Sequence[_Prepared], *, mailer: str | None, arguments: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """New message rows (status ``queued``) as ``{attname: value}``."""
     now = timezone.now()
+    stored_options = {
+        **({"mailer": mailer} if mailer else {}),
+        **({"connection": arguments} if arguments else {}),
+    }
     return [
         rows.new_values(
             OutboundMessage,
@@ -225,7 +253,7 @@ def _message_values(prepared: Sequence[_Prepared], *, mailer: str | None) -> lis
             idempotency_key=p.options.idempotency_key,
             tags=p.options.tags,
             metadata=p.options.metadata,
-            options={**_dsn_options(p.options), **({"mailer": mailer} if mailer else {})},
+            options={**_dsn_options(p.options), **stored_options},
         )
         for p in prepared
     ]

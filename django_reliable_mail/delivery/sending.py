@@ -8,6 +8,7 @@ thread beside the calling one (``bridge.SyncBridge``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Awaitable, Iterable, Iterator
@@ -21,10 +22,18 @@ from django.utils import timezone
 
 from .. import throttle
 from ..bridge import SyncBridge
-from ..conf import Config, ProviderConfig, RateLimit, config_for_mailer, get_config
+from ..conf import (
+    Config,
+    ProviderConfig,
+    RateLimit,
+    config_for_mailer,
+    config_with_options,
+    get_config,
+)
 from ..models import DeliveryAttempt, OutboundMessage
 from ..smtp.classify import Outcome
 from ..smtp.helper import HelperProcessError, SMTPHelper, shared_helper
+from ..smtp.keeper import SessionKeeper
 from ..smtp.sanitize import clean
 from ..smtp.stream import (
     BODY_MARK_WINDOW,
@@ -89,13 +98,34 @@ class RunSummary:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-GroupKey = tuple[str, str | None, tuple[str, ...]]
+#: (provider, mailer, extensions disabled once, stored backend arguments as JSON)
+GroupKey = tuple[str, str | None, tuple[str, ...], str]
+#: Where a message keeps the backend arguments it was stored with (``get_connection(
+#: host=…, use_tls=…)``): never a secret (see ``conf.SECRET_ARGUMENTS``).
+CONNECTION_OPTIONS = "connection"
 
 
 def _group_key(message: OutboundMessage) -> GroupKey:
-    """Messages that can share connections: same provider, mailer and one-off overrides."""
+    """Messages that can share connections: same provider, mailer, backend arguments and
+    one-off overrides."""
     options = message.options or {}
-    return (message.provider, options.get("mailer"), tuple(options.get(DISABLE_ONCE, ())))
+    return (
+        message.provider,
+        options.get("mailer"),
+        tuple(options.get(DISABLE_ONCE, ())),
+        json.dumps(options.get(CONNECTION_OPTIONS) or {}, sort_keys=True),
+    )
+
+
+def _config_for_group(key: GroupKey, config: Config) -> Config:
+    """The configuration a group's messages were stored under: their MAILERS entry's, or
+    the backend arguments stored with them applied to their provider."""
+    name, mailer, _, arguments = key
+    if mailer:
+        return config_for_mailer(mailer)[0]
+    if arguments != "{}":
+        return config_with_options(name, json.loads(arguments), alias=None)[0]
+    return config
 
 
 def deliver_due(
@@ -105,8 +135,14 @@ def deliver_due(
     ids: Iterable[int] | None = None,
     limit: int = 100,
     keep_going_seconds: float = 0,
+    in_order: bool = False,
+    sessions: SessionKeeper | None = None,
 ) -> RunSummary:
     """Claim due messages, send them per provider over reused connections, record.
+
+    ``in_order`` (a backend's first attempts): each group goes over one connection, so a
+    provider gets the messages in the order of their ids. With ``sessions`` that
+    connection comes from and goes back to the keeper (``with connection:``).
 
     With ``keep_going_seconds``, a batch of one provider becomes a stream: the next batch of
     ``limit`` is claimed while the connections are still sending, until nothing of that
@@ -121,6 +157,8 @@ def deliver_due(
         with suppress(OSError):
             shared_helper()  # a new helper starts up meanwhile (a tenth of a second)
     messages = claim(config=config, provider=provider, ids=ids, limit=limit)
+    if in_order:
+        messages.sort(key=lambda message: message.pk)
     summary.claimed = len(messages)
     groups: dict[GroupKey, list[OutboundMessage]] = {}
     for message in messages:
@@ -136,6 +174,8 @@ def deliver_due(
                 given=given,
                 refill_limit=limit if stream else 0,
                 keep_going_seconds=keep_going_seconds,
+                in_order=in_order,
+                sessions=sessions,
             )
         )
     return summary
@@ -149,15 +189,17 @@ def _deliver_group(
     given: Config | None,
     refill_limit: int = 0,
     keep_going_seconds: float = 0,
+    in_order: bool = False,
+    sessions: SessionKeeper | None = None,
 ) -> RunSummary:
     """One group's batch; whatever goes wrong in it stays in it."""
     # Claimed and not yet recorded (whose leases need renewing). A stream keeps only these
     # in memory, however many messages pass through it.
     in_flight = {m.pk: m for m in messages}
     summary = RunSummary()
-    group_config, mailer = config, key[1]
+    group_config = config
     try:
-        group_config = given or (config_for_mailer(mailer)[0] if mailer else config)
+        group_config = given or _config_for_group(key, config)
         database = _BatchDatabase(
             key,
             provider=group_config.provider(key[0]),
@@ -166,16 +208,27 @@ def _deliver_group(
             in_flight=in_flight,
             summary=summary,
         )
-        _send_group(database, messages, keep_going_seconds=keep_going_seconds)
+        _send_group(
+            database,
+            messages,
+            keep_going_seconds=keep_going_seconds,
+            in_order=in_order,
+            sessions=sessions,
+        )
     except Exception as exc:
         summary.recovered += _abort(key[0], in_flight, config=group_config, error=exc)
     return summary
 
 
 def _send_group(
-    database: _BatchDatabase, messages: list[OutboundMessage], *, keep_going_seconds: float
+    database: _BatchDatabase,
+    messages: list[OutboundMessage],
+    *,
+    keep_going_seconds: float,
+    in_order: bool = False,
+    sessions: SessionKeeper | None = None,
 ) -> None:
-    name, _, disable_once = database.key
+    name, _, disable_once, _ = database.key
     provider, config, in_flight = database.provider, database.config, database.in_flight
     server = provider.server_settings(
         transcript_max_chars=config.transcript_max_chars,
@@ -188,7 +241,7 @@ def _send_group(
         )
     refill_limit = database.refill_limit
     plan = StreamPlan(
-        max_connections=provider.max_connections,
+        max_connections=1 if in_order else provider.max_connections,
         max_messages_per_connection=provider.max_messages_per_connection,
         mark_window=_mark_window(provider.rate_limit),
         rate_limited=provider.rate_limit is not None,
@@ -199,9 +252,10 @@ def _send_group(
         record_within_seconds=RECORD_WITHIN_SECONDS,
     )
     batch = [(m.pk, envelope_for(m)) for m in messages]
-    with _helper_for(config, server, streaming=refill_limit > 0) as helper:
+    streaming = refill_limit > 0
+    with _helper_for(config, server, streaming=streaming, beside=in_order) as helper:
         if helper is None:
-            connections, untouched_keys = _run_beside(server, batch, plan, database)
+            connections, untouched_keys = _run_beside(server, batch, plan, database, sessions)
         else:
             plan = replace(plan, record_eagerly=True)
             connections, untouched_keys = helper.run(server, batch, plan, database)
@@ -326,24 +380,30 @@ def _run_beside(
     batch: list[tuple[int, Envelope]],
     plan: StreamPlan,
     database: _BatchDatabase,
+    sessions: SessionKeeper | None = None,
 ) -> tuple[int, list[int]]:
-    """The SMTP side in a thread of this process, the database side in the calling one."""
+    """The SMTP side in a thread of this process (the keeper's, with ``sessions``), the
+    database side in the calling one."""
     bridge = SyncBridge()
 
     def call(name: str, args: tuple[Any, ...]) -> Awaitable[Any]:
         function = getattr(database, name)
         return (bridge.call_urgent if name in URGENT_CALLS else bridge.call)(function, *args)
 
-    outcome = bridge.run(lambda _: run_stream(server, batch, plan, CallingStore(call)))
+    outcome = bridge.run(
+        lambda _: run_stream(server, batch, plan, CallingStore(call), sessions),
+        loop=sessions.loop if sessions is not None else None,
+    )
     return outcome.connections, [job.key for job in outcome.untouched]
 
 
 @contextmanager
 def _helper_for(
-    config: Config, server: ServerSettings, *, streaming: bool
+    config: Config, server: ServerSettings, *, streaming: bool, beside: bool = False
 ) -> Iterator[SMTPHelper | None]:
-    """The helper process for this batch's SMTP side (a second core), if it gets one."""
-    if server.oauth2_token is not None or not _helper_wanted(config, streaming=streaming):
+    """The helper process for this batch's SMTP side (a second core), if it gets one;
+    never for a batch that must run ``beside`` (on kept sessions)."""
+    if beside or server.oauth2_token is not None or not _helper_wanted(config, streaming=streaming):
         yield None  # (a token callable of the project's runs in the project's process)
         return
     try:
@@ -411,11 +471,26 @@ def deliver_message(message_id: int, *, config: Config | None = None) -> Deliver
 IDS_PER_CLAIM = 500
 
 
-def deliver_messages(message_ids: Iterable[int], *, config: Config | None = None) -> RunSummary:
-    """Claim, send and record these messages (those still due), a batch at a time."""
+def deliver_messages(
+    message_ids: Iterable[int],
+    *,
+    config: Config | None = None,
+    in_order: bool = False,
+    sessions: SessionKeeper | None = None,
+) -> RunSummary:
+    """Claim, send and record these messages (those still due), a batch at a time;
+    ``in_order`` over one connection per provider (``sessions``: kept ones)."""
     ids = list(message_ids)
     summary = RunSummary()
     for start in range(0, max(len(ids), 1), IDS_PER_CLAIM):
         chunk = ids[start : start + IDS_PER_CLAIM]
-        summary.add(deliver_due(config=config, ids=chunk, limit=max(len(chunk), 1)))
+        summary.add(
+            deliver_due(
+                config=config,
+                ids=chunk,
+                limit=max(len(chunk), 1),
+                in_order=in_order,
+                sessions=sessions,
+            )
+        )
     return summary

@@ -7,6 +7,9 @@ message already, so that message's commands can follow the body (PIPELINING). A
 provider-level failure, or a connection that cannot be set up, stops the whole batch: the
 messages not yet tried come back untouched.
 
+With a ``SessionKeeper``, a connection starts on the session it keeps for this server, if
+any, and gives its session back open at the end instead of closing it.
+
 With ``refill``, the batch is a stream: when few messages are left, the next ones are asked
 for while the connections keep sending, so claiming overlaps sending and the connections
 stay open from one batch to the next.
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .classify import Outcome
+from .keeper import SessionKeeper
 from .transport import (
     AttemptResult,
     BodyStartNotRecorded,
@@ -75,8 +79,10 @@ class _Batch:
         reserve_slot: Callable[[], Awaitable[float]] | None,
         on_result: Callable[[Job, AttemptResult], None] | None,
         refill: Callable[[], Awaitable[list[Job]]] | None,
+        sessions: SessionKeeper | None = None,
     ) -> None:
         self.settings = settings
+        self.sessions = sessions
         self.max_messages = max_messages_per_connection
         self.reserve_slot = reserve_slot
         self.on_result = on_result
@@ -180,7 +186,20 @@ class _Connection:
                 if unsent is not None:  # back for another connection, or untouched
                     batch.queue.appendleft(unsent)
             if self.session is not None:
-                await self._close()
+                await self._end()
+
+    async def _end(self) -> None:
+        """Give the session back to the keeper, or close it."""
+        session, keeper = self.session, self.batch.sessions
+        if keeper is None or session is None or not session.is_open or session.body_in_flight:
+            await self._close()
+            return
+        self.session = None
+        if self.last is not None:
+            self.last[1].transcript = session.transcript.render()
+            self.batch.finished(*self.last)
+            self.last = None
+        keeper.keep(session)
 
     def _take_next(self) -> Envelope | None:
         session = self.session
@@ -201,6 +220,10 @@ class _Connection:
             return True
         if self.session is not None:
             await self._close()
+        if batch.sessions is not None:
+            self.session = batch.sessions.take(batch.settings, max_messages=batch.max_messages)
+            if self.session is not None:
+                return True
         self.session = session = SMTPSession(batch.settings)
         batch.outcome.connections += 1
         try:
@@ -278,6 +301,7 @@ async def send_batch(
     reserve_slot: Callable[[], Awaitable[float]] | None = None,
     on_result: Callable[[Job, AttemptResult], None] | None = None,
     refill: Callable[[], Awaitable[list[Job]]] | None = None,
+    sessions: SessionKeeper | None = None,
 ) -> BatchOutcome:
     batch = _Batch(
         settings,
@@ -287,6 +311,7 @@ async def send_batch(
         reserve_slot=reserve_slot,
         on_result=on_result,
         refill=refill,
+        sessions=sessions,
     )
     connections = max_connections if refill is not None else min(max_connections, len(jobs))
     return await batch.run(connections)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .keeper import SessionKeeper
 from .pool import BatchOutcome, Job, send_batch
 from .transport import AttemptResult, Envelope, ServerSettings
 
@@ -198,9 +199,11 @@ async def run_stream(
     messages: list[tuple[int, Envelope]],
     plan: StreamPlan,
     store: Store,
+    sessions: SessionKeeper | None = None,
 ) -> BatchOutcome:
     """Send these messages (and, with ``plan.stream_seconds``, those claimed meanwhile);
-    every result is handed to ``store.record`` before this returns."""
+    every result is handed to ``store.record`` before this returns. ``sessions`` keeps the
+    connections open for the next batch (on its own event loop)."""
     deadline = time.monotonic() + plan.stream_seconds
     marker = BodyMarker(store.mark, window=plan.mark_window)
 
@@ -273,6 +276,7 @@ async def run_stream(
             reserve_slot=store.reserve if plan.rate_limited else None,
             on_result=on_result,
             refill=refill,
+            sessions=sessions,
         )
     finally:
         sending_done = True

@@ -81,6 +81,9 @@ class ServerSettings:
     port: int
     tls: str = "starttls"
     ca_file: str | None = None
+    #: A client certificate (and its key, when not in the same file) offered in TLS.
+    client_certfile: str | None = None
+    client_keyfile: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     oauth2_token: TokenProvider | None = field(default=None, repr=False)
@@ -404,13 +407,33 @@ class RecordingSMTP(aiosmtplib.SMTP):
         return response
 
 
-def build_tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verified TLS 1.2+; ``ca_file`` adds to the system trust store, never replaces checks."""
+def build_tls_context(
+    ca_file: str | None, *, certfile: str | None = None, keyfile: str | None = None
+) -> ssl.SSLContext:
+    """Verified TLS 1.2+; ``ca_file`` adds to the system trust store, never replaces checks;
+    ``certfile``/``keyfile`` are a client certificate offered to the server."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
+    if certfile:
+        context.load_cert_chain(certfile, keyfile or None)
     return context
+
+
+def _tls_context_for(settings: ServerSettings) -> ssl.SSLContext:
+    """The provider's TLS context; a CA file or client certificate that cannot be loaded is
+    a configuration error (a retry cannot fix it), never a connection failure."""
+    try:
+        return build_tls_context(
+            settings.ca_file, certfile=settings.client_certfile, keyfile=settings.client_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SMTPFailure(
+            f"the TLS certificate files could not be loaded: {exc}",
+            outcome=Outcome.CONFIG_ERROR,
+            provider_level=True,
+        ) from exc
 
 
 def _format_subject(cert: dict[str, Any] | None) -> str:
@@ -569,7 +592,7 @@ class SMTPSession:
         s = self.settings
         t = self.transcript
         implicit = s.tls == "implicit"
-        tls_context = build_tls_context(s.ca_file) if s.tls != "none" else None
+        tls_context = _tls_context_for(s) if s.tls != "none" else None
         smtp = RecordingSMTP(
             hostname=s.host,
             port=s.port,

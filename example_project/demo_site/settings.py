@@ -60,6 +60,8 @@ Q_CLUSTER = {
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,
+    # django-q2 logs every queued task at INFO through a handler of its own.
+    "log_level": "WARNING",
 }
 
 EMAIL_BACKEND = "django_reliable_mail.backends.EmailBackend"
@@ -71,4 +73,12 @@ RELIABLE_MAIL = {
         "local": {"HOST": "127.0.0.1", "PORT": 2525, "TLS": "none"},
     },
     "MODE": "immediate",
+}
+
+# The demo prints what happened itself; the library's own log lines (failed attempts are
+# logged at WARNING) would repeat it on stderr.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {"django_reliable_mail": {"level": "ERROR"}},
 }

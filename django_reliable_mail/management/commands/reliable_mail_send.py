@@ -78,8 +78,15 @@ class Command(BaseCommand):
         def stop(signum, frame):
             stopping.set()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        # Put back on the way out: a caller's process (call_command) keeps its own handlers.
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._run(config, options, stopping)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self, config, options, stopping: threading.Event) -> None:
         progress = (
             not options["no_progress"] and hasattr(self.stdout, "isatty") and self.stdout.isatty()
         )

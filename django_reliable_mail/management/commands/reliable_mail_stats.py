@@ -11,6 +11,7 @@ import json
 from django.core.management.base import BaseCommand
 
 from ...dashboard import statistics
+from ...health import stalled_queue
 
 
 class Command(BaseCommand):
@@ -21,10 +22,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         stats = statistics()
+        stall = stalled_queue()
+        stats["stalled"] = str(stall) if stall else None
         if options["json"]:
             self.stdout.write(json.dumps(stats, sort_keys=True))
             return
         write = self.stdout.write
+        if stall is not None:
+            self.stderr.write(self.style.WARNING(f"Warning: {stall}\n  {stall.hint}"))
         write("Messages by status")
         for status, n in sorted(stats["by_status"].items()):
             write(f"  {status:<10} {n:>8}")

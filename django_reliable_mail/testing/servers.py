@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import socket
 import ssl
@@ -27,8 +28,17 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-# aiosmtpd's own AUTH code trips over a property it deprecated itself; not our concern.
+# aiosmtpd's own AUTH code trips over a property it deprecated itself, and says so as a
+# warning and as a log line ("mail.log") at every login; not our concern, nor a user's.
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+
+
+class _NotLoginDataNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Session.login_data is deprecated")
+
+
+logging.getLogger("mail.log").addFilter(_NotLoginDataNotices())
 
 #: MAIL/RCPT parameters aiosmtpd does not know but that we honour when advertised.
 _EXTRA_MAIL_PARAMS = {"REQUIRETLS": "REQUIRETLS", "RET": "DSN", "ENVID": "DSN"}
